@@ -1,0 +1,1 @@
+"""Callbacks that log what Keras's own TensorBoard callback cannot."""

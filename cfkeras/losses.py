@@ -1,0 +1,243 @@
+"""Gradient-supervision loss (Teney, Abbasnejad & van den Hengel, ECCV 2020).
+
+The sign convention of cfkeras lives in this file and only here:
+
+* `contrast_weights` says which logits must change for a pair and in which
+  direction;
+* `cosine_alignment` / `gradient_supervision` compare the input gradient of
+  that contrast with the vector from an example to its counterfactual.
+
+Following the keras / optax split, `gradient_supervision` is a pure function
+returning one value per example, and `GradientSupervision` is a thin
+`keras.losses.Loss` around it for reduction and config.
+"""
+
+import keras
+from keras import ops
+
+# Squared gradient norms at or below this are treated as a zero gradient (dead
+# ReLUs, a zero-initialised head): the cosine is undefined there.
+_MIN_SQUARED_NORM = 1e-30
+
+CLASS_SELECTIONS = ("changed", "ground_truth")
+
+
+def _one_hot_labels(y, num_classes):
+    """Labels as a float32 `(batch, num_classes)` matrix.
+
+    Integer (sparse) labels, of shape `(batch,)` or `(batch, 1)`, are one-hot
+    encoded when the model has more than one logit. With a single logit the
+    label is the binary target itself.
+    """
+    y = ops.convert_to_tensor(y)
+    if num_classes > 1 and (len(y.shape) == 1 or y.shape[-1] == 1):
+        if len(y.shape) == 2:
+            y = ops.squeeze(y, axis=-1)
+        return ops.one_hot(ops.cast(y, "int32"), num_classes, dtype="float32")
+    y = ops.cast(y, "float32")
+    if len(y.shape) == 1:
+        y = ops.expand_dims(y, -1)
+    return y
+
+
+def contrast_weights(
+    y, y_counterfactual, num_classes, class_selection="changed", class_weights=None
+):
+    """Per-class weights `w_c` of the contrast logit `z = sum_c w_c f_c(x)`.
+
+    Formula:
+
+    ```
+    w_c = m_c * (y_cf[c] - y[c])
+    ```
+
+    where `m_c` selects classes: `"changed"` keeps every class (so only the
+    classes whose label changes contribute), `"ground_truth"` keeps only the
+    classes positive at `x` (the paper's "ground-truth class only"), and
+    `class_weights`, if given, multiplies `m_c`.
+
+    Consequences, with `f` the pre-activation logits:
+
+    * binary sigmoid (one logit): `z = ±f`, the sign of `y_cf - y`. Both class
+      selections coincide (the negative class's logit is `-f`).
+    * softmax, `"changed"`: `z = f_{y_cf} - f_{y}`, the log-odds of the
+      counterfactual's class against the example's own; invariant to the
+      softmax's shift of all logits.
+    * softmax, `"ground_truth"`: `z = -f_{y}`: the example's own logit must
+      decrease toward the counterfactual. The only non-empty choice when
+      `y_cf` is all zeros (the VQA-style counterfactual).
+    * multi-label: every label that changes contributes with its sign.
+
+    Args:
+        y: labels of the examples: integer class ids `(batch,)` /
+            `(batch, 1)` or dense `(batch, num_classes)` targets.
+        y_counterfactual: labels of their counterfactuals, same form.
+        num_classes: width of the logits.
+        class_selection: `"changed"` (default) or `"ground_truth"`.
+        class_weights: optional sequence of `num_classes` non-negative floats.
+
+    Returns:
+        A float32 tensor `(batch, num_classes)`. A row of zeros means the pair
+        carries no supervision (equal labels).
+    """
+    if class_selection not in CLASS_SELECTIONS:
+        raise ValueError(
+            f"class_selection must be one of {CLASS_SELECTIONS}; "
+            f"received {class_selection!r}."
+        )
+    y = _one_hot_labels(y, num_classes)
+    y_counterfactual = _one_hot_labels(y_counterfactual, num_classes)
+    weights = y_counterfactual - y
+    if class_selection == "ground_truth" and num_classes > 1:
+        weights = weights * ops.cast(y > 0, "float32")
+    if class_weights is not None:
+        weights = weights * ops.convert_to_tensor(class_weights, "float32")
+    return weights
+
+
+def _flat32(x):
+    x = ops.cast(x, "float32")
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
+    """Cosine between an input gradient and the step toward the counterfactual.
+
+    Formula:
+
+    ```
+    t     = x_cf - x
+    cos   = <g, t> / (|g| |t|)
+    valid = |t| > min_relative_distance * max(|x|, |x_cf|)  and  |g| > 0
+    ```
+
+    Computed in float32 whatever the inputs' dtype, with the double-`where`
+    pattern so that neither the value nor its gradients are ever NaN or Inf:
+    invalid points get `cos = 0` and zero gradients.
+
+    Args:
+        gradient: `g`, the input gradient at `x` of the contrast logit (see
+            `contrast_weights`), shape `(batch, ...)`.
+        x: the points in the GS space, same shape.
+        x_counterfactual: their counterfactuals, same shape.
+        min_relative_distance: pairs closer than this, relative to the larger
+            of the two norms, are treated as identical and not supervised.
+
+    Returns:
+        `(cos, valid)`: float32 `(batch,)` cosines (0 where invalid) and a
+        boolean `(batch,)` mask.
+    """
+    g = _flat32(gradient)
+    x = _flat32(x)
+    x_counterfactual = _flat32(x_counterfactual)
+    t = x_counterfactual - x
+    gg = ops.sum(g * g, axis=-1)
+    tt = ops.sum(t * t, axis=-1)
+    reference = ops.maximum(
+        ops.sum(x * x, axis=-1), ops.sum(x_counterfactual * x_counterfactual, axis=-1)
+    )
+    valid = ops.logical_and(
+        gg > _MIN_SQUARED_NORM,
+        ops.logical_and(
+            tt > _MIN_SQUARED_NORM,
+            tt > (min_relative_distance**2) * ops.stop_gradient(reference),
+        ),
+    )
+    safe_gg = ops.where(valid, gg, ops.ones_like(gg))
+    safe_tt = ops.where(valid, tt, ops.ones_like(tt))
+    cos = ops.sum(g * t, axis=-1) * ops.rsqrt(safe_gg) * ops.rsqrt(safe_tt)
+    return ops.where(valid, cos, ops.zeros_like(cos)), valid
+
+
+def gradient_supervision(gradient, x, x_counterfactual, min_relative_distance=1e-5):
+    """Per-example gradient-supervision loss `1 - cos(g, x_cf - x)`.
+
+    Formula:
+
+    ```
+    loss = 1 - cos(g, x_cf - x)     where the pair is valid, else 0
+    g    = d z(x) / d x,   z = sum_c w_c f_c(x)   (w from `contrast_weights`)
+    ```
+
+    Sign convention: `g` is the input gradient of the *contrast* logit, whose
+    increase moves the prediction from `x`'s labels to `x_cf`'s. A loss of 0
+    means that stepping from `x` toward `x_cf` is the steepest way to change
+    the prediction as the labels change; 2 means it is the steepest way to
+    change it the wrong way. The paper's "ground-truth class only" form is
+    `class_selection="ground_truth"` in `contrast_weights` (its own logit's
+    gradient points *away* from `x_cf`).
+
+    Args:
+        gradient: input gradient of the contrast logit at `x`, `(batch, ...)`.
+        x: points in the GS space.
+        x_counterfactual: their counterfactuals.
+        min_relative_distance: see `cosine_alignment`.
+
+    Returns:
+        float32 `(batch,)`; 0 at points that are not supervised (identical
+        inputs, zero gradient).
+
+    Example:
+
+    >>> import numpy as np
+    >>> w = np.array([[1.0, 2.0]])  # f(x) = x @ w.T, label 1 -> 0: g = -w
+    >>> x, x_cf = np.zeros((1, 2)), np.array([[-1.0, -2.0]])
+    >>> float(cfkeras.losses.gradient_supervision(-w, x, x_cf)[0])  # aligned
+    0.0
+    """
+    cos, valid = cosine_alignment(gradient, x, x_counterfactual, min_relative_distance)
+    return ops.where(valid, 1.0 - cos, ops.zeros_like(cos))
+
+
+@keras.saving.register_keras_serializable(package="cfkeras")
+class GradientSupervision(keras.losses.Loss):
+    """Gradient-supervision loss as a `keras.losses.Loss`.
+
+    Reduces `gradient_supervision` over a batch. `y_true` holds the two points
+    of each pair stacked on axis 1, `y_pred` the input gradient of the contrast
+    logit at the first one (see `contrast_weights` for its sign).
+
+    Formula:
+
+    ```
+    loss_i = 1 - cos(y_pred[i], y_true[i, 1] - y_true[i, 0])   (0 if degenerate)
+    ```
+
+    With the default reduction `"mean_with_sample_weight"` and a sample weight
+    that is 1 on supervised points, the value is the mean over supervised
+    points; without sample weights it is the mean over the batch.
+
+    Args:
+        min_relative_distance: see `cfkeras.losses.cosine_alignment`.
+        reduction: as in `keras.losses.Loss`.
+        name: loss name.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = cfkeras.losses.GradientSupervision()
+    >>> points = np.array([[[0.0, 0.0], [1.0, 0.0]]])  # x -> x_cf along +e1
+    >>> float(loss(points, np.array([[0.0, 1.0]])))  # orthogonal gradient
+    1.0
+    """
+
+    def __init__(
+        self,
+        min_relative_distance=1e-5,
+        reduction="mean_with_sample_weight",
+        name="gradient_supervision",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.min_relative_distance = min_relative_distance
+
+    def call(self, y_true, y_pred):
+        y_true = ops.convert_to_tensor(y_true)
+        return gradient_supervision(
+            y_pred, y_true[:, 0], y_true[:, 1], self.min_relative_distance
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"min_relative_distance": self.min_relative_distance})
+        return config

@@ -1,0 +1,401 @@
+"""Counterfactual pairs: the data contract of cfkeras, its builders and checks.
+
+A batch of pairs is `(x, y)` or `(x, y, sample_weight)` with
+
+```
+x = {"original": x_i, "counterfactual": x_j}
+y = {"original": y_i, "counterfactual": y_j}
+sample_weight: one weight per pair (optional)
+```
+
+where `x_i`/`x_j` have the structure the wrapped model takes (a tensor, or a
+dict/tuple of tensors for multi-input models). The keys are named, so a pair is
+never guessed from the length of a tuple.
+
+`Pairs` holds validated pairs in memory and makes `tf.data` pipelines from
+them: pairs shuffled once as pairs (`to_dataset`), every member as an
+independent example (`flatten`, the augmentation baseline), and the paper's
+random-relations control (`random_relations`).
+"""
+
+import dataclasses
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+ORIGINAL = "original"
+COUNTERFACTUAL = "counterfactual"
+PARTNERS = ("any", "different_label")
+
+
+def is_pair(value):
+    """Whether `value` is a pair: a dict with exactly the two pair keys."""
+    return isinstance(value, dict) and set(value) == {ORIGINAL, COUNTERFACTUAL}
+
+
+def make_pair(original, counterfactual):
+    """The pair structure `{"original": ..., "counterfactual": ...}`."""
+    return {ORIGINAL: original, COUNTERFACTUAL: counterfactual}
+
+
+def _as_array(value, what):
+    if isinstance(value, (tf.Tensor, tf.RaggedTensor)):
+        return value
+    array = np.asarray(value)
+    if array.dtype == object:
+        try:
+            array = array.astype(str)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{what}: cannot be read as an array ({error}).") from error
+    return array
+
+
+def _has_nan(array):
+    if isinstance(array, tf.RaggedTensor):
+        array = array.flat_values
+    array = np.asarray(array)
+    return np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array))
+
+
+def _check_leaf(name, a, b, n):
+    for label, value in ((ORIGINAL, a), (COUNTERFACTUAL, b)):
+        if len(value) != n:
+            raise ValueError(
+                f"{name}: the {label} member has {len(value)} examples, expected {n} "
+                "(one per pair)."
+            )
+        if _has_nan(value):
+            raise ValueError(f"{name}: the {label} member contains NaN or Inf values.")
+    shape_a, shape_b = tuple(a.shape[1:]), tuple(b.shape[1:])
+    ragged = isinstance(a, tf.RaggedTensor) or isinstance(b, tf.RaggedTensor)
+    if not ragged and shape_a != shape_b:
+        raise ValueError(
+            f"{name}: original and counterfactual shapes differ, {shape_a} vs {shape_b} "
+            "per example."
+        )
+    if tf.as_dtype(a.dtype) != tf.as_dtype(b.dtype):
+        raise ValueError(f"{name}: original and counterfactual dtypes differ, {a.dtype} vs {b.dtype}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Validated counterfactual pairs held in memory, and their `tf.data` views.
+
+    Args:
+        original: inputs `x_i`: an array, a tensor, a ragged tensor, a list of
+            strings, or a dict/tuple of those for multi-input models.
+        counterfactual: inputs `x_j`, with the same structure, shapes and
+            dtypes.
+        label: labels `y_i` (class ids, binary targets or multi-hot rows).
+        counterfactual_label: labels `y_j`, same form.
+        sample_weight: optional weight per pair.
+        group_id: optional id per pair (e.g. the source group), kept for
+            reporting.
+
+    Raises:
+        ValueError: empty input, members of different structure, shape or
+            dtype, label arity mismatch, different numbers of examples, NaN or
+            Inf values, or no pair whose labels differ.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.rand(8, 3).astype("float32")
+    >>> pairs = cfkeras.pairs.Pairs(x, x[::-1], np.zeros(8), np.ones(8))
+    >>> dataset = pairs.to_dataset(batch_size=4, seed=0)
+    """
+
+    original: object
+    counterfactual: object
+    label: object
+    counterfactual_label: object
+    sample_weight: object = None
+    group_id: object = None
+
+    def __post_init__(self):
+        convert = lambda value, what: keras.tree.map_structure(  # noqa: E731
+            lambda leaf: _as_array(leaf, what), value
+        )
+        object.__setattr__(self, "original", convert(self.original, "original"))
+        object.__setattr__(self, "counterfactual", convert(self.counterfactual, "counterfactual"))
+        object.__setattr__(self, "label", _as_array(self.label, "label"))
+        object.__setattr__(
+            self, "counterfactual_label", _as_array(self.counterfactual_label, "counterfactual_label")
+        )
+        if self.sample_weight is not None:
+            object.__setattr__(self, "sample_weight", _as_array(self.sample_weight, "sample_weight"))
+        if self.group_id is not None:
+            object.__setattr__(self, "group_id", np.asarray(self.group_id))
+        self._validate()
+
+    def _validate(self):
+        n = len(self.label)
+        if n == 0:
+            raise ValueError("Pairs: the input is empty (0 pairs).")
+        try:
+            keras.tree.assert_same_structure(self.original, self.counterfactual)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"Pairs: original and counterfactual inputs differ in structure: {error}"
+            ) from error
+        for k, (a, b) in enumerate(
+            zip(keras.tree.flatten(self.original), keras.tree.flatten(self.counterfactual))
+        ):
+            _check_leaf(f"input {k}", a, b, n)
+        _check_leaf("labels", self.label, self.counterfactual_label, n)
+        if self.sample_weight is not None:
+            if len(self.sample_weight) != n:
+                raise ValueError(f"sample_weight has {len(self.sample_weight)} entries for {n} pairs.")
+            if _has_nan(self.sample_weight) or np.any(np.asarray(self.sample_weight) < 0):
+                raise ValueError("sample_weight must be finite and non-negative.")
+        if self.group_id is not None and len(self.group_id) != n:
+            raise ValueError(f"group_id has {len(self.group_id)} entries for {n} pairs.")
+        equal = self.equal_label_mask()
+        if equal.all():
+            raise ValueError(
+                "Pairs: every pair has equal labels; gradient supervision needs pairs "
+                "whose labels differ."
+            )
+        if equal.any():
+            warnings.warn(
+                f"Pairs: {int(equal.sum())} of {n} pairs have equal labels; they add to "
+                "the main loss but carry no gradient supervision.",
+                stacklevel=3,
+            )
+
+    def __len__(self):
+        return len(self.label)
+
+    def equal_label_mask(self):
+        """Boolean `(pairs,)`: the two members have the same label."""
+        a = np.asarray(self.label).reshape(len(self.label), -1)
+        b = np.asarray(self.counterfactual_label).reshape(len(self.label), -1)
+        return np.all(a == b, axis=1)
+
+    # === Builders ===
+
+    @classmethod
+    def from_groups(cls, inputs, labels, group_ids, sample_weight=None):
+        """Pairs from groups: the first member of each group is the original.
+
+        Every later member of a group is a counterfactual of the first one
+        (the layout of Kaushik et al.'s paired IMDb files); a group of `k`
+        members gives `k - 1` pairs. Groups are taken in order of first
+        appearance, and their members need not be contiguous.
+
+        Args:
+            inputs: examples (array, list of strings, or a structure of those).
+            labels: one label per example.
+            group_ids: one group id per example.
+            sample_weight: optional weight per example; a pair takes the
+                weight of its counterfactual member.
+
+        Raises:
+            ValueError: a group with a single member, or the errors of `Pairs`.
+        """
+        group_ids = np.asarray(group_ids)
+        if len(group_ids) == 0:
+            raise ValueError("from_groups: the input is empty (0 examples).")
+        if len(group_ids) != len(labels):
+            raise ValueError(f"from_groups: {len(labels)} labels for {len(group_ids)} group ids.")
+        _, first, inverse, counts = np.unique(
+            group_ids, return_index=True, return_inverse=True, return_counts=True
+        )
+        singles = group_ids[first[counts == 1]]
+        if len(singles):
+            raise ValueError(
+                f"from_groups: {len(singles)} group(s) have a single member and so no "
+                f"counterfactual, e.g. group id {singles[0]!r}."
+            )
+        original_index = first[inverse]
+        member = np.arange(len(group_ids))
+        members = member[member != original_index]
+        originals = original_index[members]
+        # Keep the groups in order of first appearance.
+        order = np.argsort(originals, kind="stable")
+        members, originals = members[order], originals[order]
+        take = lambda value, index: keras.tree.map_structure(  # noqa: E731
+            lambda leaf: _take(_as_array(leaf, "inputs"), index), value
+        )
+        labels = _as_array(labels, "labels")
+        return cls(
+            original=take(inputs, originals),
+            counterfactual=take(inputs, members),
+            label=_take(labels, originals),
+            counterfactual_label=_take(labels, members),
+            sample_weight=None if sample_weight is None else np.asarray(sample_weight)[members],
+            group_id=group_ids[originals],
+        )
+
+    # === tf.data views ===
+
+    def to_dataset(self, batch_size=32, shuffle=True, seed=None, drop_remainder=None):
+        """One dataset of batched pairs, shuffled as pairs.
+
+        Pairs are selected by index, so an original never leaves its
+        counterfactual; with `shuffle` the order is re-drawn every epoch from
+        `seed`.
+
+        Args:
+            batch_size: pairs per batch (each batch holds `2 * batch_size`
+                examples in the main loss).
+            shuffle: shuffle the pairs every epoch (for training).
+            seed: shuffling seed.
+            drop_remainder: drop the last partial batch, so that a compiled
+                step is not traced again for it. Defaults to `shuffle`:
+                training drops it, evaluation keeps every pair.
+
+        Returns:
+            A `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`.
+        """
+        x = make_pair(self.original, self.counterfactual)
+        y = make_pair(self.label, self.counterfactual_label)
+        return _indexed_dataset(
+            len(self), (x, y), self.sample_weight, batch_size, shuffle, seed, drop_remainder
+        )
+
+    def flatten(self, batch_size=32, shuffle=True, seed=None, drop_remainder=None):
+        """Every member as an independent example (the augmentation baseline).
+
+        Returns a dataset of `(x, y)` (or with sample weights) over the `2N`
+        originals and counterfactuals, shuffled as individual examples.
+        """
+        x = _stack(self.original, self.counterfactual)
+        y = _stack(self.label, self.counterfactual_label)
+        weight = None
+        if self.sample_weight is not None:
+            weight = _stack(self.sample_weight, self.sample_weight)
+        return _indexed_dataset(2 * len(self), (x, y), weight, batch_size, shuffle, seed, drop_remainder)
+
+    def random_relations(
+        self, batch_size=32, partners="any", seed=None, shuffle=True, drop_remainder=None
+    ):
+        """The paper's control: every example paired with a random partner.
+
+        The pool is every member (originals and counterfactuals); each example
+        of the pool is paired with a partner drawn from the pool, re-drawn
+        every epoch from `seed`.
+
+        Args:
+            batch_size: pairs per batch.
+            partners: `"any"`: label-blind partners, as in the paper's ablation
+                (pairs with equal labels then carry no GS signal under the
+                cfkeras sign convention); `"different_label"`: partners drawn
+                only among examples whose label differs.
+            seed: seed of the partner draw and the shuffle.
+            shuffle: shuffle the pool every epoch.
+            drop_remainder: as in `to_dataset`.
+        """
+        if partners not in PARTNERS:
+            raise ValueError(f"partners must be one of {PARTNERS}; received {partners!r}.")
+        x = _stack(self.original, self.counterfactual)
+        y = _stack(self.label, self.counterfactual_label)
+        n = 2 * len(self)
+        rows = np.asarray(y).reshape(n, -1)
+        _, label_class = np.unique(rows, axis=0, return_inverse=True)
+        label_class = label_class.reshape(-1)
+        order = np.argsort(label_class, kind="stable")
+        counts = np.bincount(label_class)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        if partners == "different_label" and counts.max() == n:
+            raise ValueError("random_relations: every example has the same label.")
+        order_t = tf.constant(order, tf.int64)
+        own_class = tf.constant(label_class, tf.int64)
+        count_t = tf.constant(counts, tf.int64)
+        start_t = tf.constant(starts, tf.int64)
+        x_t = keras.tree.map_structure(_to_tensor, x)
+        y_t = _to_tensor(y)
+        weight_t = None
+        if self.sample_weight is not None:
+            weight_t = _to_tensor(_stack(self.sample_weight, self.sample_weight))
+
+        def draw(index, randomness):
+            if partners == "any":
+                # Uniform among the other n - 1 examples.
+                partner = tf.math.floormod(randomness, n - 1)
+                partner = tf.where(partner >= index, partner + 1, partner)
+            else:
+                k = tf.gather(own_class, index)
+                others = n - tf.gather(count_t, k)
+                u = tf.math.floormod(randomness, others)
+                start = tf.gather(start_t, k)
+                position = tf.where(u < start, u, u + tf.gather(count_t, k))
+                partner = tf.gather(order_t, position)
+            return index, partner
+
+        def gather(index, partner):
+            pick = lambda value, i: keras.tree.map_structure(lambda t: tf.gather(t, i), value)  # noqa: E731
+            features = make_pair(pick(x_t, index), pick(x_t, partner))
+            labels = make_pair(tf.gather(y_t, index), tf.gather(y_t, partner))
+            if weight_t is None:
+                return features, labels
+            return features, labels, tf.gather(weight_t, index)
+
+        indices = tf.data.Dataset.range(n)
+        if shuffle:
+            indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        randomness = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(indices, randomness.map(lambda r: tf.abs(r)))
+        dataset = dataset.map(draw)
+        if drop_remainder is None:
+            drop_remainder = shuffle
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _to_tensor(value):
+    if isinstance(value, (tf.Tensor, tf.RaggedTensor)):
+        return value
+    return tf.convert_to_tensor(value)
+
+
+def _take(value, index):
+    if isinstance(value, (tf.Tensor, tf.RaggedTensor)):
+        return tf.gather(value, index)
+    return value[index]
+
+
+def _stack(a, b):
+    def concat(u, v):
+        if isinstance(u, (tf.Tensor, tf.RaggedTensor)) or isinstance(v, (tf.Tensor, tf.RaggedTensor)):
+            return tf.concat([u, v], axis=0)
+        return np.concatenate([u, v], axis=0)
+
+    return keras.tree.map_structure(concat, a, b)
+
+
+def _indexed_dataset(n, data, weight, batch_size, shuffle, seed, drop_remainder):
+    """Batches of `data` selected by shuffled indices, gathered per batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; received {batch_size}.")
+    tensors = keras.tree.map_structure(_to_tensor, data)
+    if weight is not None:
+        tensors = tensors + (_to_tensor(weight),)
+    indices = tf.data.Dataset.range(n)
+    if shuffle:
+        indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if drop_remainder is None:
+        drop_remainder = shuffle
+    indices = indices.batch(batch_size, drop_remainder=drop_remainder)
+    gather = lambda index: keras.tree.map_structure(lambda t: tf.gather(t, index), tensors)  # noqa: E731
+    return indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def map_inputs(dataset, function):
+    """Applies `function` to the inputs of every member of a paired dataset.
+
+    Use it to tokenize text pairs: `map_inputs(dataset, vectorizer)` maps
+    both `x["original"]` and `x["counterfactual"]` with the same function.
+    Unpaired inputs are mapped directly.
+    """
+
+    def apply(x, *rest):
+        if is_pair(x):
+            x = make_pair(function(x[ORIGINAL]), function(x[COUNTERFACTUAL]))
+        else:
+            x = function(x)
+        return (x, *rest)
+
+    return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+for line in Path("cfkeras/__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+setup(
+    name="cfkeras",
+    version=version["__version__"],
+    description="Learning from counterfactual examples with Keras 3 and TensorFlow",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cfkeras", "cfkeras.*"]),
+    package_data={"cfkeras.datasets": ["data/imdb_cad/*.gz", "data/imdb_cad/LICENSE", "data/imdb_cad/README.md"]},
+    include_package_data=True,
+    install_requires=[
+        # The full TensorFlow (never tensorflow-cpu): keras-hub's
+        # tensorflow-text requires it.
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15",
+        "keras-hub>=0.32",
+        "tensorflow-text>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.4",
+        # tensorflow-datasets 4.9 imports it without declaring it.
+        "importlib_resources>=5.0",
+        "tensorboard>=2.21,<2.22",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": []},
+)
