@@ -77,7 +77,7 @@ def contrast_weights(
         class_weights: optional sequence of `num_classes` non-negative floats.
 
     Returns:
-        A float32 tensor `(batch, num_classes)`. A row of zeros means the pair
+        A float32 tensor `(batch, num_classes)` (cast it to the logits' dtype). A row of zeros means the pair
         carries no supervision (equal labels).
     """
     if class_selection not in CLASS_SELECTIONS:
@@ -95,8 +95,14 @@ def contrast_weights(
     return weights
 
 
-def _flat32(x):
-    x = ops.cast(x, "float32")
+def float_dtype(x):
+    """float64 stays float64; every other dtype (half precision under a mixed
+    policy included) is computed in float32."""
+    return "float64" if str(ops.convert_to_tensor(x).dtype).endswith("float64") else "float32"
+
+
+def _flat(x, dtype):
+    x = ops.cast(x, dtype)
     return ops.reshape(x, (ops.shape(x)[0], -1))
 
 
@@ -111,7 +117,8 @@ def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
     valid = |t| > min_relative_distance * max(|x|, |x_cf|)  and  |g| > 0
     ```
 
-    Computed in float32 whatever the inputs' dtype, with the double-`where`
+    Computed in float32 (float64 for float64 inputs) whatever the inputs'
+    dtype, with the double-`where`
     pattern so that neither the value nor its gradients are ever NaN or Inf:
     invalid points get `cos = 0` and zero gradients.
 
@@ -127,9 +134,10 @@ def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
         `(cos, valid)`: float32 `(batch,)` cosines (0 where invalid) and a
         boolean `(batch,)` mask.
     """
-    g = _flat32(gradient)
-    x = _flat32(x)
-    x_counterfactual = _flat32(x_counterfactual)
+    dtype = float_dtype(gradient)
+    g = _flat(gradient, dtype)
+    x = _flat(x, dtype)
+    x_counterfactual = _flat(x_counterfactual, dtype)
     t = x_counterfactual - x
     gg = ops.sum(g * g, axis=-1)
     tt = ops.sum(t * t, axis=-1)

@@ -327,10 +327,14 @@ class GradientSupervisionModel(keras.Model):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(h)
             logits, activation = self._logits(h, training and not self._head_couples_batch)
-            logits32 = ops.cast(logits, "float32")
+            dtype = gs_losses.float_dtype(logits)
+            logits32 = ops.cast(logits, dtype)
             width = logits.shape[-1]
-            weights = gs_losses.contrast_weights(
-                y, y_partner, width, self.class_selection, self.class_weights
+            weights = ops.cast(
+                gs_losses.contrast_weights(
+                    y, y_partner, width, self.class_selection, self.class_weights
+                ),
+                dtype,
             )
             contrast = ops.sum(weights * logits32)
         task = self._resolve_task(activation, width)
@@ -348,7 +352,7 @@ class GradientSupervisionModel(keras.Model):
             cos, valid = gs_losses.cosine_alignment(
                 jacobian * signs, repeat(origin), repeat(target), self.min_relative_distance
             )
-            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(valid, "float32")
+            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(valid, weights.dtype)
             label_weight = ops.reshape(label_weight, (rows, width))
             total = ops.sum(label_weight, axis=-1)
             valid = total > 0
@@ -363,11 +367,26 @@ class GradientSupervisionModel(keras.Model):
             logits, activation = self._logits(h, training=True)
         return logits, activation, cos, valid, has_contrast, task
 
-    def _pair_losses(self, x, y, sample_weight, training):
+    def compute_pair_losses(self, x, y, sample_weight=None, training=False):
         """The one loss routine of `train_step` and `test_step`.
 
-        Returns the total loss (scaled for distribution as Keras scales its
-        losses) and a dict of what the trackers need.
+        Public so that the loss can be inspected and differentiated outside
+        `fit` (tests, benchmarks), with no weight update.
+
+        Args:
+            x: a pair of inputs `{"original": x_i, "counterfactual": x_j}`.
+            y: a pair of labels, same keys.
+            sample_weight: optional weight per pair.
+            training: run the layers in training mode.
+
+        Returns:
+            `(total, stats)`: the total loss `main + gs_weight * gs` (the
+            main loss scaled for distribution as Keras scales its losses, the
+            GS term divided by the global number of supervised points), and a
+            dict with `main_loss`, `gs_loss` (`(mean, count)` on this
+            replica), `gs_cosine`, per-point `gs_supervised`, `gs_skipped`,
+            per-pair `pair_accuracy` and `flip_rate`, and the flattened `x`,
+            `y`, `y_pred` and `sample_weight` of the main loss.
         """
         if not is_pair(y):
             raise ValueError(
@@ -411,16 +430,16 @@ class GradientSupervisionModel(keras.Model):
         labelled = ops.logical_and(has_contrast, active)
         supervised = ops.logical_and(labelled, valid)
         skipped = ops.logical_and(labelled, ops.logical_not(valid))
-        point_weight = ops.cast(supervised, "float32")
+        point_weight = ops.cast(supervised, cos.dtype)
         if weight_all is not None:
-            point_weight = point_weight * weight_all
+            point_weight = point_weight * ops.cast(weight_all, cos.dtype)
         local_sum = ops.sum(point_weight * (1.0 - cos))
         local_count = ops.sum(point_weight)
         global_count = _global_sum(local_count)
         # Normalised by the global count so that summing replicas' gradients
         # gives the global mean; safe when no point is supervised.
         gs_loss = local_sum / ops.where(global_count > 0, global_count, 1.0)
-        total = ops.cast(main_loss, "float32") + self.gs_weight * gs_loss
+        total = ops.cast(main_loss, gs_loss.dtype) + self.gs_weight * gs_loss
 
         safe_count = ops.where(local_count > 0, local_count, 1.0)
         both_correct, flipped = pair_metrics.pair_outcomes(
@@ -481,7 +500,7 @@ class GradientSupervisionModel(keras.Model):
                 "fit the wrapped model itself."
             )
         with tf.GradientTape() as tape:
-            total, stats = self._pair_losses(x, y, sample_weight, training=True)
+            total, stats = self.compute_pair_losses(x, y, sample_weight, training=True)
             scaled = self.optimizer.scale_loss(total) if self.optimizer is not None else total
         variables = self.trainable_weights
         gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
@@ -491,7 +510,7 @@ class GradientSupervisionModel(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if is_pair(x):
-            total, stats = self._pair_losses(x, y, sample_weight, training=False)
+            total, stats = self.compute_pair_losses(x, y, sample_weight, training=False)
             return self._update_trackers(total, stats)
         logits, activation = self._logits(self._encode(x, False), training=False)
         y_pred = self._activate(logits, activation)

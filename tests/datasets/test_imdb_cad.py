@@ -226,18 +226,24 @@ MALFORMED = {
     ),
     "bad_label": (
         HEADER + "Negative\ta\t1\nNeutral\tb\t1\n",
-        r"line 3 \(batch_id 1\): label 'Neutral' is not one of "
-        r"\('Negative', 'Positive'\)",
+        (
+            r"line 3 \(batch_id 1\): label 'Neutral' is not one of "
+            r"\('Negative', 'Positive'\)"
+        ),
     ),
     "wrong_header": (
         "label\ttext\tid\nNegative\ta\t1\nPositive\tb\t1\n",
-        r"line 1: expected the header 'Sentiment\\tText\\tbatch_id', "
-        r"got 'label\\ttext\\tid'",
+        (
+            r"line 1: expected the header 'Sentiment\\tText\\tbatch_id', "
+            r"got 'label\\ttext\\tid'"
+        ),
     ),
     "two_columns": (
         HEADER + "Negative\ta\t1\nPositive\tb\n",
-        r"line 3: expected 3 tab-separated columns \(Sentiment, Text, batch_id\), "
-        r"got 2",
+        (
+            r"line 3: expected 3 tab-separated columns "
+            r"\(Sentiment, Text, batch_id\), got 2"
+        ),
     ),
     "four_columns": (
         HEADER + "Negative\ta\t1\nPositive\tb\t1\textra\n",
