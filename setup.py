@@ -16,7 +16,13 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["cfkeras", "cfkeras.*"]),
-    package_data={"cfkeras.datasets": ["data/imdb_cad/*.gz", "data/imdb_cad/LICENSE", "data/imdb_cad/README.md"]},
+    package_data={
+        "cfkeras.datasets": [
+            "data/imdb_cad/*.gz",
+            "data/imdb_cad/LICENSE",
+            "data/imdb_cad/README.md",
+        ]
+    },
     include_package_data=True,
     install_requires=[
         # The full TensorFlow (never tensorflow-cpu): keras-hub's

@@ -98,7 +98,8 @@ def contrast_weights(
 def float_dtype(x):
     """float64 stays float64; every other dtype (half precision under a mixed
     policy included) is computed in float32."""
-    return "float64" if str(ops.convert_to_tensor(x).dtype).endswith("float64") else "float32"
+    dtype = keras.backend.standardize_dtype(ops.convert_to_tensor(x).dtype)
+    return "float64" if dtype == "float64" else "float32"
 
 
 def _flat(x, dtype):

@@ -48,7 +48,9 @@ def _as_array(value, what):
         try:
             array = array.astype(str)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{what}: cannot be read as an array ({error}).") from error
+            raise ValueError(
+                f"{what}: cannot be read as an array ({error})."
+            ) from error
     return array
 
 
@@ -76,7 +78,9 @@ def _check_leaf(name, a, b, n):
             "per example."
         )
     if tf.as_dtype(a.dtype) != tf.as_dtype(b.dtype):
-        raise ValueError(f"{name}: original and counterfactual dtypes differ, {a.dtype} vs {b.dtype}.")
+        raise ValueError(
+            f"{name}: original and counterfactual dtypes differ, {a.dtype} vs {b.dtype}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,17 +119,23 @@ class Pairs:
     group_id: object = None
 
     def __post_init__(self):
-        convert = lambda value, what: keras.tree.map_structure(  # noqa: E731
+        convert = lambda value, what: keras.tree.map_structure(
             lambda leaf: _as_array(leaf, what), value
         )
         object.__setattr__(self, "original", convert(self.original, "original"))
-        object.__setattr__(self, "counterfactual", convert(self.counterfactual, "counterfactual"))
+        object.__setattr__(
+            self, "counterfactual", convert(self.counterfactual, "counterfactual")
+        )
         object.__setattr__(self, "label", _as_array(self.label, "label"))
         object.__setattr__(
-            self, "counterfactual_label", _as_array(self.counterfactual_label, "counterfactual_label")
+            self,
+            "counterfactual_label",
+            _as_array(self.counterfactual_label, "counterfactual_label"),
         )
         if self.sample_weight is not None:
-            object.__setattr__(self, "sample_weight", _as_array(self.sample_weight, "sample_weight"))
+            object.__setattr__(
+                self, "sample_weight", _as_array(self.sample_weight, "sample_weight")
+            )
         if self.group_id is not None:
             object.__setattr__(self, "group_id", np.asarray(self.group_id))
         self._validate()
@@ -141,17 +151,26 @@ class Pairs:
                 f"Pairs: original and counterfactual inputs differ in structure: {error}"
             ) from error
         for k, (a, b) in enumerate(
-            zip(keras.tree.flatten(self.original), keras.tree.flatten(self.counterfactual))
+            zip(
+                keras.tree.flatten(self.original),
+                keras.tree.flatten(self.counterfactual),
+            )
         ):
             _check_leaf(f"input {k}", a, b, n)
         _check_leaf("labels", self.label, self.counterfactual_label, n)
         if self.sample_weight is not None:
             if len(self.sample_weight) != n:
-                raise ValueError(f"sample_weight has {len(self.sample_weight)} entries for {n} pairs.")
-            if _has_nan(self.sample_weight) or np.any(np.asarray(self.sample_weight) < 0):
+                raise ValueError(
+                    f"sample_weight has {len(self.sample_weight)} entries for {n} pairs."
+                )
+            if _has_nan(self.sample_weight) or np.any(
+                np.asarray(self.sample_weight) < 0
+            ):
                 raise ValueError("sample_weight must be finite and non-negative.")
         if self.group_id is not None and len(self.group_id) != n:
-            raise ValueError(f"group_id has {len(self.group_id)} entries for {n} pairs.")
+            raise ValueError(
+                f"group_id has {len(self.group_id)} entries for {n} pairs."
+            )
         equal = self.equal_label_mask()
         if equal.all():
             raise ValueError(
@@ -199,7 +218,9 @@ class Pairs:
         if len(group_ids) == 0:
             raise ValueError("from_groups: the input is empty (0 examples).")
         if len(group_ids) != len(labels):
-            raise ValueError(f"from_groups: {len(labels)} labels for {len(group_ids)} group ids.")
+            raise ValueError(
+                f"from_groups: {len(labels)} labels for {len(group_ids)} group ids."
+            )
         _, first, inverse, counts = np.unique(
             group_ids, return_index=True, return_inverse=True, return_counts=True
         )
@@ -207,7 +228,7 @@ class Pairs:
         if len(singles):
             raise ValueError(
                 f"from_groups: {len(singles)} group(s) have a single member and so no "
-                f"counterfactual, e.g. group id {singles[0]!r}."
+                f"counterfactual, e.g. group id {singles[0].item()!r}."
             )
         original_index = first[inverse]
         member = np.arange(len(group_ids))
@@ -216,7 +237,7 @@ class Pairs:
         # Keep the groups in order of first appearance.
         order = np.argsort(originals, kind="stable")
         members, originals = members[order], originals[order]
-        take = lambda value, index: keras.tree.map_structure(  # noqa: E731
+        take = lambda value, index: keras.tree.map_structure(
             lambda leaf: _take(_as_array(leaf, "inputs"), index), value
         )
         labels = _as_array(labels, "labels")
@@ -225,7 +246,9 @@ class Pairs:
             counterfactual=take(inputs, members),
             label=_take(labels, originals),
             counterfactual_label=_take(labels, members),
-            sample_weight=None if sample_weight is None else np.asarray(sample_weight)[members],
+            sample_weight=None
+            if sample_weight is None
+            else np.asarray(sample_weight)[members],
             group_id=group_ids[originals],
         )
 
@@ -253,7 +276,13 @@ class Pairs:
         x = make_pair(self.original, self.counterfactual)
         y = make_pair(self.label, self.counterfactual_label)
         return _indexed_dataset(
-            len(self), (x, y), self.sample_weight, batch_size, shuffle, seed, drop_remainder
+            len(self),
+            (x, y),
+            self.sample_weight,
+            batch_size,
+            shuffle,
+            seed,
+            drop_remainder,
         )
 
     def flatten(self, batch_size=32, shuffle=True, seed=None, drop_remainder=None):
@@ -267,10 +296,17 @@ class Pairs:
         weight = None
         if self.sample_weight is not None:
             weight = _stack(self.sample_weight, self.sample_weight)
-        return _indexed_dataset(2 * len(self), (x, y), weight, batch_size, shuffle, seed, drop_remainder)
+        return _indexed_dataset(
+            2 * len(self), (x, y), weight, batch_size, shuffle, seed, drop_remainder
+        )
 
     def random_relations(
-        self, batch_size=32, partners="any", seed=None, shuffle=True, drop_remainder=None
+        self,
+        batch_size=32,
+        partners="any",
+        seed=None,
+        shuffle=True,
+        drop_remainder=None,
     ):
         """The paper's control: every example paired with a random partner.
 
@@ -289,7 +325,9 @@ class Pairs:
             drop_remainder: as in `to_dataset`.
         """
         if partners not in PARTNERS:
-            raise ValueError(f"partners must be one of {PARTNERS}; received {partners!r}.")
+            raise ValueError(
+                f"partners must be one of {PARTNERS}; received {partners!r}."
+            )
         x = _stack(self.original, self.counterfactual)
         y = _stack(self.label, self.counterfactual_label)
         n = 2 * len(self)
@@ -326,7 +364,9 @@ class Pairs:
             return index, partner
 
         def gather(index, partner):
-            pick = lambda value, i: keras.tree.map_structure(lambda t: tf.gather(t, i), value)  # noqa: E731
+            pick = lambda value, i: keras.tree.map_structure(
+                lambda t: tf.gather(t, i), value
+            )
             features = make_pair(pick(x_t, index), pick(x_t, partner))
             labels = make_pair(tf.gather(y_t, index), tf.gather(y_t, partner))
             if weight_t is None:
@@ -342,7 +382,9 @@ class Pairs:
         if drop_remainder is None:
             drop_remainder = shuffle
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE
+        )
 
 
 def _to_tensor(value):
@@ -359,7 +401,9 @@ def _take(value, index):
 
 def _stack(a, b):
     def concat(u, v):
-        if isinstance(u, (tf.Tensor, tf.RaggedTensor)) or isinstance(v, (tf.Tensor, tf.RaggedTensor)):
+        if isinstance(u, (tf.Tensor, tf.RaggedTensor)) or isinstance(
+            v, (tf.Tensor, tf.RaggedTensor)
+        ):
             return tf.concat([u, v], axis=0)
         return np.concatenate([u, v], axis=0)
 
@@ -379,8 +423,12 @@ def _indexed_dataset(n, data, weight, batch_size, shuffle, seed, drop_remainder)
     if drop_remainder is None:
         drop_remainder = shuffle
     indices = indices.batch(batch_size, drop_remainder=drop_remainder)
-    gather = lambda index: keras.tree.map_structure(lambda t: tf.gather(t, index), tensors)  # noqa: E731
-    return indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    gather = lambda index: keras.tree.map_structure(
+        lambda t: tf.gather(t, index), tensors
+    )
+    return indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
 
 
 def map_inputs(dataset, function):

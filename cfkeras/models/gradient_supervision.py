@@ -1,5 +1,7 @@
 """The gradient-supervision model (Teney, Abbasnejad & van den Hengel, 2020)."""
 
+import copy
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -33,7 +35,12 @@ def split_at_layer(model, layer_name):
             whose output does not separate the inputs from the output (a skip
             connection around it).
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "input"):
+    # A Sequential model has `inputs` but no `input` (AttributeError) in Keras 3.
+    if isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
+        model_input = model.inputs[0]
+    else:
+        model_input = getattr(model, "input", None)
+    if not isinstance(model, keras.Model) or model_input is None:
         raise ValueError(
             "`gs_layer` needs a functional or Sequential model; for a "
             f"subclassed model pass `encoder=` and `head=`. Received {model!r}."
@@ -63,7 +70,7 @@ def split_at_layer(model, layer_name):
             f"gs_layer={layer_name!r} must output a single tensor; it outputs "
             f"{space!r}."
         )
-    encoder = keras.Model(model.input, space, name=f"{model.name}_encoder")
+    encoder = keras.Model(model_input, space, name=f"{model.name}_encoder")
     try:
         head = keras.Model(space, model.outputs[0], name=f"{model.name}_head")
     except ValueError as error:
@@ -137,10 +144,16 @@ class GradientSupervisionModel(keras.Model):
 
     Data: `fit` and `evaluate` take pairs, `({"original": x_i,
     "counterfactual": x_j}, {"original": y_i, "counterfactual": y_j})` with an
-    optional per-pair sample weight (see `cfkeras.pairs`). `evaluate` and
-    `predict` also take ordinary unpaired data; then only the main loss and
-    the compiled metrics are computed, and `predict` returns the wrapped
-    model's outputs. `call` on single inputs equals the wrapped model.
+    optional per-pair sample weight (see `cfkeras.pairs`). They also take
+    ordinary unpaired data (an out-of-domain test set; the augmentation
+    baseline trained through the very same step): then only the main loss
+    and the compiled metrics are computed. `predict` on single inputs returns
+    the wrapped model's outputs; `call` on single inputs equals the wrapped
+    model.
+
+    Embedding gradients are applied dense: sparse (`IndexedSlices`)
+    gradients make XLA recompile the step on every call with some optimizers
+    (Adadelta), seconds a step.
 
     Logits: GS needs the pre-activation logits `f`. When the wrapped model ends
     in a layer whose activation is sigmoid or softmax (e.g.
@@ -219,15 +232,21 @@ class GradientSupervisionModel(keras.Model):
         super().__init__(**kwargs)
         if model is not None:
             if encoder is not None or head is not None:
-                raise ValueError("Pass either `model` or `encoder` and `head`, not both.")
+                raise ValueError(
+                    "Pass either `model` or `encoder` and `head`, not both."
+                )
             if gs_layer is None:
                 encoder, head = None, model
             else:
                 encoder, head = split_at_layer(model, gs_layer)
         elif encoder is None or head is None:
-            raise ValueError("Pass `model` (with `gs_layer`), or both `encoder` and `head`.")
+            raise ValueError(
+                "Pass `model` (with `gs_layer`), or both `encoder` and `head`."
+            )
         elif gs_layer is not None:
-            raise ValueError("`gs_layer` applies to `model`; with `encoder`/`head` omit it.")
+            raise ValueError(
+                "`gs_layer` applies to `model`; with `encoder`/`head` omit it."
+            )
         if class_selection not in gs_losses.CLASS_SELECTIONS:
             raise ValueError(
                 f"class_selection must be one of {gs_losses.CLASS_SELECTIONS}; "
@@ -249,7 +268,9 @@ class GradientSupervisionModel(keras.Model):
         self.head = head
         self.gs_weight = float(gs_weight)
         self.class_selection = class_selection
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.class_weights = (
+            None if class_weights is None else [float(w) for w in class_weights]
+        )
         self.task = task
         self.multi_label_mode = multi_label_mode
         self.both_directions = bool(both_directions)
@@ -311,7 +332,10 @@ class GradientSupervisionModel(keras.Model):
 
     def call(self, inputs, training=None):
         if is_pair(inputs):
-            return {key: self.call(inputs[key], training=training) for key in (ORIGINAL, COUNTERFACTUAL)}
+            return {
+                key: self.call(inputs[key], training=training)
+                for key in (ORIGINAL, COUNTERFACTUAL)
+            }
         return self.head(self._encode(inputs, training), training=training)
 
     # === Losses ===
@@ -324,9 +348,14 @@ class GradientSupervisionModel(keras.Model):
         """
         n = ops.shape(h)[0] // 2
         y_partner = ops.concatenate([y[n:], y[:n]], axis=0)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        per_label = self.multi_label_mode == "per_label"
+        with tf.GradientTape(
+            watch_accessed_variables=False, persistent=per_label
+        ) as tape:
             tape.watch(h)
-            logits, activation = self._logits(h, training and not self._head_couples_batch)
+            logits, activation = self._logits(
+                h, training and not self._head_couples_batch
+            )
             dtype = gs_losses.float_dtype(logits)
             logits32 = ops.cast(logits, dtype)
             width = logits.shape[-1]
@@ -343,16 +372,36 @@ class GradientSupervisionModel(keras.Model):
         if self.stop_target_gradient:
             origin, target = ops.stop_gradient(h), ops.stop_gradient(h_partner)
         has_contrast = ops.sum(ops.abs(weights), axis=-1) > 0
-        if self.multi_label_mode == "per_label" and task == "multilabel":
-            jacobian = tape.batch_jacobian(logits32, h)  # (2n, C, ...)
+        if per_label and task == "multilabel":
+            # One input gradient per label (rows are independent), not
+            # `tape.batch_jacobian`: differentiating its pfor loop again under
+            # XLA makes the inputs compile-time constants, so the train step
+            # recompiled on every batch.
+            ones = ops.ones_like(logits32)
+            jacobian = ops.stack(
+                [
+                    tape.gradient(
+                        logits32,
+                        h,
+                        output_gradients=ones * ops.one_hot(c, width, dtype=dtype),
+                    )
+                    for c in range(width)
+                ],
+                axis=1,
+            )  # (2n, C, ...)
             rows = ops.shape(jacobian)[0]
             jacobian = ops.reshape(jacobian, (rows * width, -1))
             signs = ops.reshape(ops.sign(weights), (-1, 1))
-            repeat = lambda a: ops.repeat(ops.reshape(a, (rows, -1)), width, axis=0)  # noqa: E731
+            repeat = lambda a: ops.repeat(ops.reshape(a, (rows, -1)), width, axis=0)
             cos, valid = gs_losses.cosine_alignment(
-                jacobian * signs, repeat(origin), repeat(target), self.min_relative_distance
+                jacobian * signs,
+                repeat(origin),
+                repeat(target),
+                self.min_relative_distance,
             )
-            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(valid, weights.dtype)
+            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(
+                valid, weights.dtype
+            )
             label_weight = ops.reshape(label_weight, (rows, width))
             total = ops.sum(label_weight, axis=-1)
             valid = total > 0
@@ -384,8 +433,10 @@ class GradientSupervisionModel(keras.Model):
             main loss scaled for distribution as Keras scales its losses, the
             GS term divided by the global number of supervised points), and a
             dict with `main_loss`, `gs_loss` (`(mean, count)` on this
-            replica), `gs_cosine`, per-point `gs_supervised`, `gs_skipped`,
-            per-pair `pair_accuracy` and `flip_rate`, and the flattened `x`,
+            replica), `gs_cosine`, per point of the `2n` rows `[x_i; x_j]`
+            `gs_supervised` (1 where supervised) and `gs_cosine_per_point`
+            (0 where not), `gs_skipped`, per-pair `pair_accuracy` and
+            `flip_rate`, and the flattened `x`,
             `y`, `y_pred` and `sample_weight` of the main loss.
         """
         if not is_pair(y):
@@ -412,7 +463,9 @@ class GradientSupervisionModel(keras.Model):
 
         h = self._encode(x_all, training)
         if isinstance(h, (list, tuple, dict)):
-            raise ValueError("The GS space must be a single tensor; the encoder returns a structure.")
+            raise ValueError(
+                "The GS space must be a single tensor; the encoder returns a structure."
+            )
         logits, activation, cos, valid, has_contrast, task = self._gradient_supervision(
             h, y_all, training
         )
@@ -450,6 +503,7 @@ class GradientSupervisionModel(keras.Model):
             "gs_loss": (local_sum / safe_count, local_count),
             "gs_cosine": (ops.sum(point_weight * cos) / safe_count, local_count),
             "gs_supervised": ops.cast(supervised, "float32"),
+            "gs_cosine_per_point": cos,
             "gs_skipped": ops.sum(ops.cast(skipped, "float32")),
             "pair_accuracy": ops.cast(both_correct, "float32"),
             "flip_rate": ops.cast(flipped, "float32"),
@@ -468,7 +522,9 @@ class GradientSupervisionModel(keras.Model):
         from keras.src.losses.loss import unscale_loss_for_distribution
 
         batch = ops.shape(stats["y_pred"])[0]
-        self._loss_tracker.update_state(unscale_loss_for_distribution(total), sample_weight=batch)
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(total), sample_weight=batch
+        )
         self.main_loss_tracker.update_state(
             unscale_loss_for_distribution(stats["main_loss"]), sample_weight=batch
         )
@@ -482,26 +538,55 @@ class GradientSupervisionModel(keras.Model):
             self.pair_accuracy_tracker.update_state(
                 stats["pair_accuracy"], sample_weight=stats["pair_weight"]
             )
-            self.flip_rate_tracker.update_state(stats["flip_rate"], sample_weight=stats["pair_weight"])
+            self.flip_rate_tracker.update_state(
+                stats["flip_rate"], sample_weight=stats["pair_weight"]
+            )
         logs = self.compute_metrics(
-            stats["x"], stats["y"], stats["y_pred"], sample_weight=stats["sample_weight"]
+            stats["x"],
+            stats["y"],
+            stats["y_pred"],
+            sample_weight=stats["sample_weight"],
         )
         if "gs_loss" not in stats:
             logs = {key: value for key, value in logs.items() if key not in _GS_METRICS}
         return logs
 
+    def _step_losses(self, x, y, sample_weight, training):
+        """Total loss and tracker inputs for paired or unpaired data.
+
+        Unpaired data (an out-of-domain test set, or the augmentation baseline
+        trained through the same step) gets the main loss only.
+        """
+        if is_pair(x):
+            return self.compute_pair_losses(x, y, sample_weight, training=training)
+        if is_pair(y):
+            raise ValueError(
+                "Paired labels need paired inputs: x must be "
+                f"{{'{ORIGINAL}': x_i, '{COUNTERFACTUAL}': x_j}}; received {x!r}."
+            )
+        logits, activation = self._logits(self._encode(x, training), training=training)
+        y_pred = self._activate(logits, activation)
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+        stats = {
+            "main_loss": loss,
+            "x": x,
+            "y": y,
+            "y_pred": y_pred,
+            "sample_weight": sample_weight,
+        }
+        return loss, stats
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if not is_pair(x):
-            raise ValueError(
-                "GradientSupervisionModel trains on pairs: x must be "
-                f"{{'{ORIGINAL}': x_i, '{COUNTERFACTUAL}': x_j}} (see "
-                "cfkeras.pairs.Pairs.to_dataset). To train on unpaired data, "
-                "fit the wrapped model itself."
-            )
         with tf.GradientTape() as tape:
-            total, stats = self.compute_pair_losses(x, y, sample_weight, training=True)
-            scaled = self.optimizer.scale_loss(total) if self.optimizer is not None else total
+            total, stats = self._step_losses(x, y, sample_weight, training=True)
+            scaled = (
+                self.optimizer.scale_loss(total)
+                if self.optimizer is not None
+                else total
+            )
         variables = self.trainable_weights
         gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
         self.optimizer.apply(gradients, variables)
@@ -509,14 +594,8 @@ class GradientSupervisionModel(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if is_pair(x):
-            total, stats = self.compute_pair_losses(x, y, sample_weight, training=False)
-            return self._update_trackers(total, stats)
-        logits, activation = self._logits(self._encode(x, False), training=False)
-        y_pred = self._activate(logits, activation)
-        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-        stats = {"main_loss": loss, "x": x, "y": y, "y_pred": y_pred, "sample_weight": sample_weight}
-        return self._update_trackers(loss, stats)
+        total, stats = self._step_losses(x, y, sample_weight, training=False)
+        return self._update_trackers(total, stats)
 
     # === Keras plumbing ===
 
@@ -539,17 +618,29 @@ class GradientSupervisionModel(keras.Model):
                 data_batch = (x[ORIGINAL], y, sample_weight)
         return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
         """`keras.Model.export` whose `serve` takes single (unpaired) inputs."""
         inputs_model = self.model if self.model is not None else self.encoder
         if input_signature is None and hasattr(inputs_model, "input"):
             input_signature = [
                 keras.tree.map_structure(
-                    lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name), inputs_model.input
+                    lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name),
+                    inputs_model.input,
                 )
             ]
         return super().export(
-            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
         )
 
     # === Config ===
@@ -580,8 +671,9 @@ class GradientSupervisionModel(keras.Model):
         config = dict(config)
         for key in ("model", "encoder", "head"):
             if config.get(key) is not None:
+                # A copy: Keras's functional deserialization empties the dict it reads.
                 config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
+                    copy.deepcopy(config[key]), custom_objects=custom_objects
                 )
         return cls(**config)
 
