@@ -71,9 +71,7 @@ class PairAlignmentHistogram(keras.callbacks.Callback):
     ['train', 'validation']
     """
 
-    def __init__(
-        self, log_dir, pairs, freq=1, subdir="validation", tag="gs_cosine_alignment"
-    ):
+    def __init__(self, log_dir, pairs, freq=1, subdir="validation", tag="gs_cosine_alignment"):
         super().__init__()
         if int(freq) < 1:
             raise ValueError(f"freq must be a positive integer; received {freq!r}.")
@@ -118,9 +116,7 @@ class PairAlignmentHistogram(keras.callbacks.Callback):
         if cosines.size == 0:
             return
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(
-                os.path.join(self.log_dir, self.subdir)
-            )
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, self.subdir))
         # `record_if(True)`: TensorBoard(update_freq=N) may have set a batch condition.
         with self._writer.as_default(), tf.summary.record_if(True):
             tf.summary.histogram(self.tag, cosines, step=epoch)

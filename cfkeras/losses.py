@@ -77,13 +77,13 @@ def contrast_weights(
         class_weights: optional sequence of `num_classes` non-negative floats.
 
     Returns:
-        A float32 tensor `(batch, num_classes)` (cast it to the logits' dtype). A row of zeros means the pair
-        carries no supervision (equal labels).
+        A float32 tensor `(batch, num_classes)` (cast it to the logits'
+        dtype). A row of zeros means the pair carries no supervision (equal
+        labels).
     """
     if class_selection not in CLASS_SELECTIONS:
         raise ValueError(
-            f"class_selection must be one of {CLASS_SELECTIONS}; "
-            f"received {class_selection!r}."
+            f"class_selection must be one of {CLASS_SELECTIONS}; received {class_selection!r}."
         )
     y = _one_hot_labels(y, num_classes)
     y_counterfactual = _one_hot_labels(y_counterfactual, num_classes)
@@ -242,9 +242,7 @@ class GradientSupervision(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.convert_to_tensor(y_true)
-        return gradient_supervision(
-            y_pred, y_true[:, 0], y_true[:, 1], self.min_relative_distance
-        )
+        return gradient_supervision(y_pred, y_true[:, 0], y_true[:, 1], self.min_relative_distance)
 
     def get_config(self):
         config = super().get_config()

@@ -48,9 +48,7 @@ def _as_array(value, what):
         try:
             array = array.astype(str)
         except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"{what}: cannot be read as an array ({error})."
-            ) from error
+            raise ValueError(f"{what}: cannot be read as an array ({error}).") from error
     return array
 
 
@@ -123,9 +121,7 @@ class Pairs:
             lambda leaf: _as_array(leaf, what), value
         )
         object.__setattr__(self, "original", convert(self.original, "original"))
-        object.__setattr__(
-            self, "counterfactual", convert(self.counterfactual, "counterfactual")
-        )
+        object.__setattr__(self, "counterfactual", convert(self.counterfactual, "counterfactual"))
         object.__setattr__(self, "label", _as_array(self.label, "label"))
         object.__setattr__(
             self,
@@ -163,14 +159,10 @@ class Pairs:
                 raise ValueError(
                     f"sample_weight has {len(self.sample_weight)} entries for {n} pairs."
                 )
-            if _has_nan(self.sample_weight) or np.any(
-                np.asarray(self.sample_weight) < 0
-            ):
+            if _has_nan(self.sample_weight) or np.any(np.asarray(self.sample_weight) < 0):
                 raise ValueError("sample_weight must be finite and non-negative.")
         if self.group_id is not None and len(self.group_id) != n:
-            raise ValueError(
-                f"group_id has {len(self.group_id)} entries for {n} pairs."
-            )
+            raise ValueError(f"group_id has {len(self.group_id)} entries for {n} pairs.")
         equal = self.equal_label_mask()
         if equal.all():
             raise ValueError(
@@ -218,9 +210,7 @@ class Pairs:
         if len(group_ids) == 0:
             raise ValueError("from_groups: the input is empty (0 examples).")
         if len(group_ids) != len(labels):
-            raise ValueError(
-                f"from_groups: {len(labels)} labels for {len(group_ids)} group ids."
-            )
+            raise ValueError(f"from_groups: {len(labels)} labels for {len(group_ids)} group ids.")
         _, first, inverse, counts = np.unique(
             group_ids, return_index=True, return_inverse=True, return_counts=True
         )
@@ -246,9 +236,7 @@ class Pairs:
             counterfactual=take(inputs, members),
             label=_take(labels, originals),
             counterfactual_label=_take(labels, members),
-            sample_weight=None
-            if sample_weight is None
-            else np.asarray(sample_weight)[members],
+            sample_weight=None if sample_weight is None else np.asarray(sample_weight)[members],
             group_id=group_ids[originals],
         )
 
@@ -325,9 +313,7 @@ class Pairs:
             drop_remainder: as in `to_dataset`.
         """
         if partners not in PARTNERS:
-            raise ValueError(
-                f"partners must be one of {PARTNERS}; received {partners!r}."
-            )
+            raise ValueError(f"partners must be one of {PARTNERS}; received {partners!r}.")
         x = _stack(self.original, self.counterfactual)
         y = _stack(self.label, self.counterfactual_label)
         n = 2 * len(self)
@@ -364,9 +350,7 @@ class Pairs:
             return index, partner
 
         def gather(index, partner):
-            pick = lambda value, i: keras.tree.map_structure(
-                lambda t: tf.gather(t, i), value
-            )
+            pick = lambda value, i: keras.tree.map_structure(lambda t: tf.gather(t, i), value)
             features = make_pair(pick(x_t, index), pick(x_t, partner))
             labels = make_pair(tf.gather(y_t, index), tf.gather(y_t, partner))
             if weight_t is None:
@@ -382,9 +366,7 @@ class Pairs:
         if drop_remainder is None:
             drop_remainder = shuffle
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-            tf.data.AUTOTUNE
-        )
+        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _to_tensor(value):
@@ -423,12 +405,8 @@ def _indexed_dataset(n, data, weight, batch_size, shuffle, seed, drop_remainder)
     if drop_remainder is None:
         drop_remainder = shuffle
     indices = indices.batch(batch_size, drop_remainder=drop_remainder)
-    gather = lambda index: keras.tree.map_structure(
-        lambda t: tf.gather(t, index), tensors
-    )
-    return indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )
+    gather = lambda index: keras.tree.map_structure(lambda t: tf.gather(t, index), tensors)
+    return indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def map_inputs(dataset, function):

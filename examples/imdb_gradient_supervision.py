@@ -38,16 +38,10 @@ def parse_args():
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--sequence-length", type=int, default=400)
     parser.add_argument("--vocabulary-size", type=int, default=20000)
-    parser.add_argument(
-        "--gs-weight", type=float, default=20.0, help="λ (the paper: 20)"
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=1.0, help="AdaDelta rate"
-    )
+    parser.add_argument("--gs-weight", type=float, default=20.0, help="λ (the paper: 20)")
+    parser.add_argument("--learning-rate", type=float, default=1.0, help="AdaDelta rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--data-dir", default=None, help="upstream CAD root; default: packaged"
-    )
+    parser.add_argument("--data-dir", default=None, help="upstream CAD root; default: packaged")
     parser.add_argument("--log-dir", default=None, help="write TensorBoard logs here")
     return parser.parse_args()
 
@@ -118,16 +112,12 @@ def run(args):
         verbose=2,
         callbacks=callbacks(args.log_dir, "augmentation", args.epochs),
     )
-    results["augmentation"] = summarize(
-        history, baseline_model, test, time.perf_counter() - start
-    )
+    results["augmentation"] = summarize(history, baseline_model, test, time.perf_counter() - start)
 
     # Gradient supervision: 16 pairs = 32 reviews a batch.
     keras.utils.set_random_seed(args.seed)
     model = cfkeras.models.bag_of_embeddings_classifier(vocabulary)
-    gs = cfkeras.GradientSupervisionModel(
-        model, gs_layer=GS_LAYER, gs_weight=args.gs_weight
-    )
+    gs = cfkeras.GradientSupervisionModel(model, gs_layer=GS_LAYER, gs_weight=args.gs_weight)
     gs.compile(
         optimizer=optimizer(args.learning_rate),
         loss="binary_crossentropy",
@@ -141,9 +131,7 @@ def run(args):
         verbose=2,
         callbacks=callbacks(args.log_dir, "gradient_supervision", args.epochs),
     )
-    results["gradient_supervision"] = summarize(
-        history, model, test, time.perf_counter() - start
-    )
+    results["gradient_supervision"] = summarize(history, model, test, time.perf_counter() - start)
     return results
 
 
@@ -157,9 +145,7 @@ def summarize(history, model, test, seconds):
         "best_epoch": int(np.argmax(val)) + 1,
         "val_accuracy_last": float(val[-1]),
         "test_original_accuracy": float(np.mean(original == (test.label > 0.5))),
-        "test_edited_accuracy": float(
-            np.mean(edited == (test.counterfactual_label > 0.5))
-        ),
+        "test_edited_accuracy": float(np.mean(edited == (test.counterfactual_label > 0.5))),
         "train_seconds": round(seconds, 1),
     }
 

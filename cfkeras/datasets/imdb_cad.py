@@ -81,13 +81,9 @@ class ImdbPairs:
     group_id: np.ndarray
 
     def __post_init__(self):
-        shapes = {
-            f.name: np.shape(getattr(self, f.name)) for f in dataclasses.fields(self)
-        }
+        shapes = {f.name: np.shape(getattr(self, f.name)) for f in dataclasses.fields(self)}
         if len(set(shapes.values())) != 1 or len(shapes["text"]) != 1:
-            raise ValueError(
-                f"ImdbPairs fields must all have the same shape (N,), got {shapes}."
-            )
+            raise ValueError(f"ImdbPairs fields must all have the same shape (N,), got {shapes}.")
 
     def __len__(self):
         return len(self.group_id)
@@ -216,9 +212,7 @@ def _parse_paired_tsv(f, name):
         header = next(reader, None)
         if header != _HEADER:
             got = "an empty file" if header is None else repr("\t".join(header))
-            raise ValueError(
-                f"{name}: line 1: expected the header {_HEADER_LINE!r}, got {got}."
-            )
+            raise ValueError(f"{name}: line 1: expected the header {_HEADER_LINE!r}, got {got}.")
         end = reader.line_num
         for row in reader:
             # A quoted text may span lines: report the row's first line.
@@ -230,9 +224,7 @@ def _parse_paired_tsv(f, name):
                 )
             label, text, batch_id = row
             if not _BATCH_ID.fullmatch(batch_id):
-                raise ValueError(
-                    f"{name}: line {line}: batch_id {batch_id!r} is not an integer."
-                )
+                raise ValueError(f"{name}: line {line}: batch_id {batch_id!r} is not an integer.")
             if label not in CLASS_NAMES:
                 raise ValueError(
                     f"{name}: line {line} (batch_id {batch_id}): label {label!r} "
@@ -242,9 +234,7 @@ def _parse_paired_tsv(f, name):
     except csv.Error as e:
         raise ValueError(f"{name}: line {reader.line_num}: malformed TSV: {e}.") from e
     except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{name}: not valid UTF-8 after line {reader.line_num}: {e}."
-        ) from e
+        raise ValueError(f"{name}: not valid UTF-8 after line {reader.line_num}: {e}.") from e
     if not rows:
         raise ValueError(f"{name}: contains no pairs.")
 
@@ -254,9 +244,7 @@ def _parse_paired_tsv(f, name):
     for batch_id, indices in groups.items():
         lines = ", ".join(str(rows[i][0]) for i in indices)
         if len(indices) != 2:
-            where = (
-                f"rows (lines {lines})" if len(indices) > 1 else f"row (line {lines})"
-            )
+            where = f"rows (lines {lines})" if len(indices) > 1 else f"row (line {lines})"
             raise ValueError(
                 f"{name}: batch_id {batch_id} has {len(indices)} {where}; every "
                 "batch_id must have exactly 2: the original review, then its "
@@ -264,8 +252,7 @@ def _parse_paired_tsv(f, name):
             )
         if indices[1] != indices[0] + 1:
             raise ValueError(
-                f"{name}: the 2 rows of batch_id {batch_id} are not consecutive "
-                f"(lines {lines})."
+                f"{name}: the 2 rows of batch_id {batch_id} are not consecutive (lines {lines})."
             )
 
     first = [rows[i] for i, _ in groups.values()]

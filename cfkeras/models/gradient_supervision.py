@@ -67,8 +67,7 @@ def split_at_layer(model, layer_name):
         ) from error
     if not isinstance(space, keras.KerasTensor):
         raise ValueError(
-            f"gs_layer={layer_name!r} must output a single tensor; it outputs "
-            f"{space!r}."
+            f"gs_layer={layer_name!r} must output a single tensor; it outputs {space!r}."
         )
     encoder = keras.Model(model_input, space, name=f"{model.name}_encoder")
     try:
@@ -232,21 +231,15 @@ class GradientSupervisionModel(keras.Model):
         super().__init__(**kwargs)
         if model is not None:
             if encoder is not None or head is not None:
-                raise ValueError(
-                    "Pass either `model` or `encoder` and `head`, not both."
-                )
+                raise ValueError("Pass either `model` or `encoder` and `head`, not both.")
             if gs_layer is None:
                 encoder, head = None, model
             else:
                 encoder, head = split_at_layer(model, gs_layer)
         elif encoder is None or head is None:
-            raise ValueError(
-                "Pass `model` (with `gs_layer`), or both `encoder` and `head`."
-            )
+            raise ValueError("Pass `model` (with `gs_layer`), or both `encoder` and `head`.")
         elif gs_layer is not None:
-            raise ValueError(
-                "`gs_layer` applies to `model`; with `encoder`/`head` omit it."
-            )
+            raise ValueError("`gs_layer` applies to `model`; with `encoder`/`head` omit it.")
         if class_selection not in gs_losses.CLASS_SELECTIONS:
             raise ValueError(
                 f"class_selection must be one of {gs_losses.CLASS_SELECTIONS}; "
@@ -268,9 +261,7 @@ class GradientSupervisionModel(keras.Model):
         self.head = head
         self.gs_weight = float(gs_weight)
         self.class_selection = class_selection
-        self.class_weights = (
-            None if class_weights is None else [float(w) for w in class_weights]
-        )
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.task = task
         self.multi_label_mode = multi_label_mode
         self.both_directions = bool(both_directions)
@@ -333,8 +324,7 @@ class GradientSupervisionModel(keras.Model):
     def call(self, inputs, training=None):
         if is_pair(inputs):
             return {
-                key: self.call(inputs[key], training=training)
-                for key in (ORIGINAL, COUNTERFACTUAL)
+                key: self.call(inputs[key], training=training) for key in (ORIGINAL, COUNTERFACTUAL)
             }
         return self.head(self._encode(inputs, training), training=training)
 
@@ -349,13 +339,9 @@ class GradientSupervisionModel(keras.Model):
         n = ops.shape(h)[0] // 2
         y_partner = ops.concatenate([y[n:], y[:n]], axis=0)
         per_label = self.multi_label_mode == "per_label"
-        with tf.GradientTape(
-            watch_accessed_variables=False, persistent=per_label
-        ) as tape:
+        with tf.GradientTape(watch_accessed_variables=False, persistent=per_label) as tape:
             tape.watch(h)
-            logits, activation = self._logits(
-                h, training and not self._head_couples_batch
-            )
+            logits, activation = self._logits(h, training and not self._head_couples_batch)
             dtype = gs_losses.float_dtype(logits)
             logits32 = ops.cast(logits, dtype)
             width = logits.shape[-1]
@@ -399,9 +385,7 @@ class GradientSupervisionModel(keras.Model):
                 repeat(target),
                 self.min_relative_distance,
             )
-            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(
-                valid, weights.dtype
-            )
+            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(valid, weights.dtype)
             label_weight = ops.reshape(label_weight, (rows, width))
             total = ops.sum(label_weight, axis=-1)
             valid = total > 0
@@ -450,8 +434,7 @@ class GradientSupervisionModel(keras.Model):
         _check_members(y_i, y_j, "labels")
         if is_pair(sample_weight):
             raise ValueError(
-                "sample_weight is one weight per pair (applied to both members), "
-                "not a pair."
+                "sample_weight is one weight per pair (applied to both members), not a pair."
             )
         n = ops.shape(keras.tree.flatten(x_i)[0])[0]
         x_all = _concat(x_i, x_j)
@@ -495,9 +478,7 @@ class GradientSupervisionModel(keras.Model):
         total = ops.cast(main_loss, gs_loss.dtype) + self.gs_weight * gs_loss
 
         safe_count = ops.where(local_count > 0, local_count, 1.0)
-        both_correct, flipped = pair_metrics.pair_outcomes(
-            logits[:n], logits[n:], y_i, y_j, task
-        )
+        both_correct, flipped = pair_metrics.pair_outcomes(logits[:n], logits[n:], y_i, y_j, task)
         stats = {
             "main_loss": main_loss,
             "gs_loss": (local_sum / safe_count, local_count),
@@ -522,9 +503,7 @@ class GradientSupervisionModel(keras.Model):
         from keras.src.losses.loss import unscale_loss_for_distribution
 
         batch = ops.shape(stats["y_pred"])[0]
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(total), sample_weight=batch
-        )
+        self._loss_tracker.update_state(unscale_loss_for_distribution(total), sample_weight=batch)
         self.main_loss_tracker.update_state(
             unscale_loss_for_distribution(stats["main_loss"]), sample_weight=batch
         )
@@ -582,11 +561,7 @@ class GradientSupervisionModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             total, stats = self._step_losses(x, y, sample_weight, training=True)
-            scaled = (
-                self.optimizer.scale_loss(total)
-                if self.optimizer is not None
-                else total
-            )
+            scaled = self.optimizer.scale_loss(total) if self.optimizer is not None else total
         variables = self.trainable_weights
         gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
         self.optimizer.apply(gradients, variables)

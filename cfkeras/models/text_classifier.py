@@ -42,7 +42,5 @@ def bag_of_embeddings_classifier(
     )(token_ids)
     mean = MaskedMean(name=GS_LAYER)(embedded)
     activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = keras.layers.Dense(num_classes, activation=activation, name="output")(
-        mean
-    )
+    outputs = keras.layers.Dense(num_classes, activation=activation, name="output")(mean)
     return keras.Model(token_ids, outputs, name=name)
