@@ -173,7 +173,7 @@ class Pairs:
             warnings.warn(
                 f"Pairs: {int(equal.sum())} of {n} pairs have equal labels; they add to "
                 "the main loss but carry no gradient supervision.",
-                stacklevel=3,
+                stacklevel=4,  # _validate, __post_init__, the dataclass __init__, the caller
             )
 
     def __len__(self):

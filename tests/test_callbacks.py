@@ -61,9 +61,7 @@ def _gs_model():
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
     outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
-    gs = cfkeras.GradientSupervisionModel(
-        keras.Model(inputs, outputs), gs_layer="hidden"
-    )
+    gs = cfkeras.GradientSupervisionModel(keras.Model(inputs, outputs), gs_layer="hidden")
     gs.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     return gs
 
@@ -89,11 +87,7 @@ def read_events(directory):
 
 
 def tags(events, plugin):
-    return {
-        tag
-        for tag, steps in events.items()
-        if {p for p, _ in steps.values()} == {plugin}
-    }
+    return {tag for tag, steps in events.items() if {p for p, _ in steps.values()} == {plugin}}
 
 
 def tensorboard_buckets(values, bucket_count=30):
@@ -130,9 +124,7 @@ def run(tmp_path_factory):
 
 def test_tensorboard_writes_every_step_key_and_the_histogram(run):
     _, history, log_dir, _ = run
-    assert sorted(history.history) == sorted(
-        GS_KEYS + tuple(f"val_{k}" for k in GS_KEYS)
-    )
+    assert sorted(history.history) == sorted(GS_KEYS + tuple(f"val_{k}" for k in GS_KEYS))
     assert sorted(p.name for p in log_dir.iterdir()) == ["train", "validation"]
 
     train = read_events(log_dir / "train")
@@ -174,9 +166,7 @@ def test_histogram_holds_the_supervised_cosines_of_compute_pair_losses(run):
         buckets = events[HISTOGRAM][step][1]
         assert buckets.shape == (30, 3)
         assert buckets[:, 2].sum() == NUM_SUPERVISED
-    np.testing.assert_allclose(
-        events[HISTOGRAM][1][1], tensorboard_buckets(cosines), rtol=1e-6
-    )
+    np.testing.assert_allclose(events[HISTOGRAM][1][1], tensorboard_buckets(cosines), rtol=1e-6)
     np.testing.assert_allclose(
         events[f"{HISTOGRAM}_positive_fraction"][1][1], np.mean(cosines > 0), rtol=1e-6
     )
@@ -193,9 +183,7 @@ def test_freq_and_batch_level_tensorboard(tmp_path):
         verbose=0,
         callbacks=[
             keras.callbacks.TensorBoard(tmp_path, update_freq=3),
-            PairAlignmentHistogram(
-                tmp_path, validation, freq=2, subdir="alignment", tag="cos"
-            ),
+            PairAlignmentHistogram(tmp_path, validation, freq=2, subdir="alignment", tag="cos"),
         ],
     )
     events = read_events(tmp_path / "alignment")
@@ -226,7 +214,5 @@ def test_accepts_a_batch_tuple_and_checks_its_arguments(tmp_path):
 
 def test_docstring_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    results = doctest.testmod(
-        cf_callbacks, extraglobs={"cfkeras": cfkeras}, verbose=False
-    )
+    results = doctest.testmod(cf_callbacks, extraglobs={"cfkeras": cfkeras}, verbose=False)
     assert results.attempted >= 10 and results.failed == 0

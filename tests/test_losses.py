@@ -140,9 +140,7 @@ def test_gradient_supervision_flattens_rank_3():
     rng = np.random.default_rng(2)
     g, x, x_cf = (rng.normal(size=(4, 3, 2)) for _ in range(3))
     loss = np.asarray(gradient_supervision(g, x, x_cf))
-    flat = np.asarray(
-        gradient_supervision(g.reshape(4, 6), x.reshape(4, 6), x_cf.reshape(4, 6))
-    )
+    flat = np.asarray(gradient_supervision(g.reshape(4, 6), x.reshape(4, 6), x_cf.reshape(4, 6)))
     np.testing.assert_allclose(loss, flat, rtol=1e-12)
     np.testing.assert_allclose(loss, np_cosine_loss(g, x, x_cf), rtol=1e-12)
 
@@ -235,7 +233,9 @@ def test_loss_class_value_and_reductions():
     value = GradientSupervision(dtype="float64")(points, g)
     np.testing.assert_allclose(float(value), expected.mean(), rtol=1e-12)
     weighted = GradientSupervision(dtype="float64")(points, g, sample_weight=weight)
-    np.testing.assert_allclose(float(weighted), np.sum(weight * expected) / weight.sum(), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(weighted), np.sum(weight * expected) / weight.sum(), rtol=1e-12
+    )
     # Sample weight 1 on supervised points: the mean over supervised points.
     supervised = (expected > 0).astype(float)
     mean_supervised = GradientSupervision(dtype="float64")(points, g, sample_weight=supervised)

@@ -106,8 +106,9 @@ def test_warns_when_some_labels_equal():
     x, x_cf, y, y_cf = _arrays()
     y_cf = y_cf.copy()
     y_cf[:3] = y[:3]
-    with pytest.warns(UserWarning, match="3 of 4 pairs have equal labels"):
+    with pytest.warns(UserWarning, match="3 of 4 pairs have equal labels") as record:
         pairs = Pairs(x, x_cf, y, y_cf)
+    assert record[0].filename == __file__  # points at the caller
     np.testing.assert_array_equal(pairs.equal_label_mask(), [True, True, True, False])
 
 
@@ -167,21 +168,28 @@ def _check_batch_is_paired(batch):
 def test_to_dataset_keeps_pairs_together_and_reshuffles_each_epoch():
     pairs = _pairs(n=24)
     dataset = pairs.to_dataset(batch_size=8, seed=3)
-    epochs = [np.concatenate([_check_batch_is_paired(b) for b in _epoch(dataset)]) for _ in range(3)]
+    epochs = [
+        np.concatenate([_check_batch_is_paired(b) for b in _epoch(dataset)]) for _ in range(3)
+    ]
     for ids in epochs:
         np.testing.assert_array_equal(np.sort(ids), np.arange(24))
-    assert not np.array_equal(epochs[0], epochs[1]) or not np.array_equal(epochs[1], epochs[2])
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
     assert not np.array_equal(epochs[0], np.arange(24))
     # The same seed gives the same sequence of epochs.
     again = pairs.to_dataset(batch_size=8, seed=3)
     for ids in epochs[:2]:
-        np.testing.assert_array_equal(np.concatenate([b[0]["original"][:, 0] for b in _epoch(again)]), ids)
+        np.testing.assert_array_equal(
+            np.concatenate([b[0]["original"][:, 0] for b in _epoch(again)]), ids
+        )
 
 
 def test_to_dataset_with_sample_weight_keeps_weight_with_its_pair():
     pairs = _pairs(n=12)
     weighted = Pairs(
-        pairs.original, pairs.counterfactual, pairs.label, pairs.counterfactual_label,
+        pairs.original,
+        pairs.counterfactual,
+        pairs.label,
+        pairs.counterfactual_label,
         sample_weight=np.arange(12, dtype="float32") / 10,
     )
     for x, y, weight in _epoch(weighted.to_dataset(batch_size=4, seed=0)):
@@ -228,10 +236,13 @@ def test_flatten_yields_2n_independent_examples():
     x = np.concatenate([b[0] for b in shuffled])
     y = np.concatenate([b[1] for b in shuffled])
     assert len(x) == 20
-    np.testing.assert_array_equal(np.sort(x[:, 0]), np.sort(np.r_[np.arange(10), np.arange(10) + 1000]))
+    np.testing.assert_array_equal(
+        np.sort(x[:, 0]), np.sort(np.r_[np.arange(10), np.arange(10) + 1000])
+    )
     # Each example keeps its own label: originals id % 2, counterfactuals 1 - id % 2.
     ids = x[:, 0] % 1000
     np.testing.assert_array_equal(y, np.where(x[:, 0] >= 1000, 1 - ids % 2, ids % 2))
+
     # Members are independent examples: some batch holds a member without its partner.
     def split(batch):
         ids = batch[0][:, 0]
@@ -330,8 +341,12 @@ def test_multi_input_dict_pairs_stay_together():
     for x, y in _epoch(pairs.to_dataset(batch_size=4, seed=0)):
         assert set(x) == {"original", "counterfactual"}
         assert set(x["original"]) == {"premise", "hypothesis"}
-        np.testing.assert_array_equal(x["counterfactual"]["premise"], x["original"]["premise"] + 1000)
-        np.testing.assert_array_equal(x["counterfactual"]["hypothesis"], -x["original"]["hypothesis"])
+        np.testing.assert_array_equal(
+            x["counterfactual"]["premise"], x["original"]["premise"] + 1000
+        )
+        np.testing.assert_array_equal(
+            x["counterfactual"]["hypothesis"], -x["original"]["hypothesis"]
+        )
         np.testing.assert_array_equal(y["original"], (x["original"]["premise"][:, 0] * 8) % 3)
 
 
@@ -361,14 +376,16 @@ def test_multi_input_model_with_gs_on_concatenation():
 
 
 def test_map_inputs_with_text_vectorization():
-    text = np.array(["good film", "bad film", "great plot", "awful plot", "fine acting", "poor acting"])
+    text = np.array(
+        ["good film", "bad film", "great plot", "awful plot", "fine acting", "poor acting"]
+    )
     label = np.array([1, 0, 1, 0, 1, 0], "float32")
     pairs = Pairs.from_groups(text, label, [0, 0, 1, 1, 2, 2])
     vectorizer = keras.layers.TextVectorization(output_sequence_length=4)
     vectorizer.adapt(text)
 
     dataset = map_inputs(pairs.to_dataset(batch_size=3, shuffle=False), vectorizer)
-    (x, y), = _epoch(dataset)
+    ((x, y),) = _epoch(dataset)
     np.testing.assert_array_equal(x["original"], vectorizer(pairs.original).numpy())
     np.testing.assert_array_equal(x["counterfactual"], vectorizer(pairs.counterfactual).numpy())
     assert not np.array_equal(x["original"], x["counterfactual"])
@@ -378,7 +395,9 @@ def test_map_inputs_with_text_vectorization():
     np.testing.assert_array_equal(plain[0], vectorizer(text[:2]).numpy())
 
     keras.utils.set_random_seed(0)
-    model = cfkeras.models.bag_of_embeddings_classifier(vectorizer.vocabulary_size(), 4, sequence_length=4)
+    model = cfkeras.models.bag_of_embeddings_classifier(
+        vectorizer.vocabulary_size(), 4, sequence_length=4
+    )
     gs = cfkeras.GradientSupervisionModel(model, gs_layer="mean_embedding")
     gs.compile(optimizer="sgd", loss="binary_crossentropy")
     history = gs.fit(dataset, epochs=1, verbose=0)
@@ -392,17 +411,31 @@ def test_map_inputs_with_text_vectorization():
 def _tiny_gs():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(4, activation="relu", name="hidden"), keras.layers.Dense(1, activation="sigmoid")]
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, activation="relu", name="hidden"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
     )
     gs = cfkeras.GradientSupervisionModel(model, gs_layer="hidden")
     gs.compile(optimizer="sgd", loss="binary_crossentropy", jit_compile=False)
     return gs
 
 
-def test_fit_on_unpaired_data_raises():
+def test_unpaired_data_trains_the_main_loss_only():
+    # Unpaired (x, y) is the augmentation baseline through the same step: no
+    # error, and no GS figures.
     x, _, y, _ = _arrays()
-    with pytest.raises(ValueError, match="trains on pairs"):
-        _tiny_gs().fit(x, y, epochs=1, verbose=0)
+    history = _tiny_gs().fit(x, y, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    assert history["loss"] == history["main_loss"]
+    assert "gs_loss" not in history and "gs_supervised" not in history
+
+
+def test_unpaired_x_with_paired_y_raises():
+    x, _, y, y_cf = _arrays()
+    with pytest.raises(ValueError, match="Paired labels need paired inputs"):
+        _tiny_gs().fit(tf.data.Dataset.from_tensors((x, make_pair(y, y_cf))), epochs=1, verbose=0)
 
 
 def test_paired_x_with_unpaired_y_raises():

@@ -23,6 +23,14 @@ _GS_METRICS = (
 )
 
 
+def _symbolic_input(model):
+    """The input structure of a functional or Sequential model, else None."""
+    # A Sequential model has `inputs` but no `input` (AttributeError) in Keras 3.
+    if isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
+        return model.inputs[0]
+    return getattr(model, "input", None) if isinstance(model, keras.Model) else None
+
+
 def split_at_layer(model, layer_name):
     """Splits a functional model at a layer into `(encoder, head)`.
 
@@ -35,11 +43,7 @@ def split_at_layer(model, layer_name):
             whose output does not separate the inputs from the output (a skip
             connection around it).
     """
-    # A Sequential model has `inputs` but no `input` (AttributeError) in Keras 3.
-    if isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
-        model_input = model.inputs[0]
-    else:
-        model_input = getattr(model, "input", None)
+    model_input = _symbolic_input(model)
     if not isinstance(model, keras.Model) or model_input is None:
         raise ValueError(
             "`gs_layer` needs a functional or Sequential model; for a "
@@ -602,12 +606,12 @@ class GradientSupervisionModel(keras.Model):
         **kwargs,
     ):
         """`keras.Model.export` whose `serve` takes single (unpaired) inputs."""
-        inputs_model = self.model if self.model is not None else self.encoder
-        if input_signature is None and hasattr(inputs_model, "input"):
+        inputs = _symbolic_input(self.model if self.model is not None else self.encoder)
+        if input_signature is None and inputs is not None:
             input_signature = [
                 keras.tree.map_structure(
                     lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name),
-                    inputs_model.input,
+                    inputs,
                 )
             ]
         return super().export(

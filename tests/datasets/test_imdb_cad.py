@@ -90,21 +90,15 @@ def test_packaged_data_dir_and_env_var_agree(split, monkeypatch):
 
 def test_env_var_is_used_and_data_dir_overrides_it(tmp_path, monkeypatch):
     env_dir, arg_dir = tmp_path / "env", tmp_path / "arg"
-    write_paired(
-        env_dir, "dev", "Sentiment\tText\tbatch_id\nNegative\ta\t1\nPositive\tb\t1\n"
-    )
-    write_paired(
-        arg_dir, "dev", "Sentiment\tText\tbatch_id\nPositive\tc\t2\nNegative\td\t2\n"
-    )
+    write_paired(env_dir, "dev", "Sentiment\tText\tbatch_id\nNegative\ta\t1\nPositive\tb\t1\n")
+    write_paired(arg_dir, "dev", "Sentiment\tText\tbatch_id\nPositive\tc\t2\nNegative\td\t2\n")
     monkeypatch.setenv(CAD_DIR_ENV, str(env_dir))
     assert load_imdb_pairs("dev").group_id.tolist() == [1]
     assert load_imdb_pairs("dev", data_dir=arg_dir).group_id.tolist() == [2]
 
 
 def test_missing_file_in_data_dir_raises(tmp_path):
-    with pytest.raises(
-        FileNotFoundError, match="sentiment/combined/paired/test_paired.tsv"
-    ):
+    with pytest.raises(FileNotFoundError, match="sentiment/combined/paired/test_paired.tsv"):
         load_imdb_pairs("test", data_dir=tmp_path)
 
 
@@ -115,18 +109,14 @@ def test_download_uses_pinned_url_and_verifies_sha256(tmp_path, monkeypatch):
     upstream = gzip.decompress((PACKAGED_DIR / "dev_paired.tsv.gz").read_bytes())
     (origin / "dev_paired.tsv").write_bytes(upstream)
     assert "{commit}" in imdb_cad.UPSTREAM_URL and "{split}" in imdb_cad.UPSTREAM_URL
-    monkeypatch.setattr(
-        imdb_cad, "UPSTREAM_URL", origin.as_uri() + "/{split}_paired.tsv"
-    )
+    monkeypatch.setattr(imdb_cad, "UPSTREAM_URL", origin.as_uri() + "/{split}_paired.tsv")
 
     cache = tmp_path / "cache"
     pairs = load_imdb_pairs("validation", data_dir=cache, source="download")
     assert_pairs_equal(pairs, load_imdb_pairs("dev"))
     assert cache.joinpath(*PAIRED, "dev_paired.tsv").read_bytes() == upstream
 
-    (origin / "dev_paired.tsv").write_bytes(
-        upstream.replace(b"Positive", b"Negative", 1)
-    )
+    (origin / "dev_paired.tsv").write_bytes(upstream.replace(b"Positive", b"Negative", 1))
     with pytest.raises(ValueError, match="hash does not match"):
         load_imdb_pairs("dev", data_dir=tmp_path / "cache2", source="download")
 
@@ -150,9 +140,7 @@ def test_number_of_pairs_and_dtypes(split):
     assert pairs.text.dtype == object and pairs.text_counterfactual.dtype == object
     assert all(isinstance(t, str) and t for t in pairs.text)
     assert all(isinstance(t, str) and t for t in pairs.text_counterfactual)
-    assert (
-        pairs.label.dtype == np.int32 and pairs.label_counterfactual.dtype == np.int32
-    )
+    assert pairs.label.dtype == np.int32 and pairs.label_counterfactual.dtype == np.int32
     assert pairs.group_id.dtype == np.int64
     assert len(np.unique(pairs.group_id)) == n
 
@@ -200,9 +188,7 @@ def test_csv_quoting_is_undone(tmp_path):
 
 
 def test_same_label_pairs_are_kept_and_reported(tmp_path):
-    content = (
-        HEADER + "Positive\ta\t3\nPositive\tb\t3\nNegative\tc\t5\nPositive\tc\t5\n"
-    )
+    content = HEADER + "Positive\ta\t3\nPositive\tb\t3\nNegative\tc\t5\nPositive\tc\t5\n"
     write_paired(tmp_path, "test", content)
     pairs = load_imdb_pairs("test", data_dir=tmp_path)
     assert pairs.same_label_pairs.tolist() == [3]

@@ -143,7 +143,9 @@ def test_equal_labels(num_classes):
 
 def test_identical_inputs_with_flipped_labels_are_skipped():
     gs = compiled("text", _text_gs)
-    x_i = np.array([[3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 0, 0], [2, 11, 0, 0, 0, 0], [5, 6, 0, 0, 0, 0]])
+    x_i = np.array(
+        [[3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 0, 0], [2, 11, 0, 0, 0, 0], [5, 6, 0, 0, 0, 0]]
+    )
     x_j = x_i.copy()
     x_j[1, :4] = [9, 8, 7, 6]  # a permutation: identical bag of words, identical mean embedding
     x_j[3, :2] = [12, 13]  # the only pair that differs in the GS space
@@ -226,7 +228,9 @@ def test_dead_relus_are_skipped():
         name="hidden",
     )(inputs)
     outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
-    gs = compiled("dead", lambda: GradientSupervisionModel(keras.Model(inputs, outputs), gs_layer=None))
+    gs = compiled(
+        "dead", lambda: GradientSupervisionModel(keras.Model(inputs, outputs), gs_layer=None)
+    )
     x_i, x_j = RNG.uniform(size=(2, 4, 4)).astype("float32")
     y_i = np.array([1.0, 0.0, 1.0, 0.0])
     check(gs, _batch(x_i, x_j, y_i, 1 - y_i), supervised=0, skipped=8)
@@ -293,7 +297,9 @@ def test_some_zero_sample_weights():
     y_i = np.array([1.0, 0.0, 1.0, 0.0])
     x_j[1] = x_i[1]
     weight = np.array([1.0, 0.0, 2.0, 0.0], "float32")
-    _, stats, _, _ = check(gs, _batch(x_i, x_j, y_i, 1 - y_i, weight), supervised=4, skipped=0, active=4)
+    _, stats, _, _ = check(
+        gs, _batch(x_i, x_j, y_i, 1 - y_i, weight), supervised=4, skipped=0, active=4
+    )
     np.testing.assert_array_equal(stats["gs_supervised"], [1, 0, 1, 0, 1, 0, 1, 0])
     # The weighted mean over supervised points equals the same mean over the
     # weighted pairs alone.
@@ -338,6 +344,8 @@ def test_mixed_float16_matches_float32(mixed_float16):
     gs.set_weights(reference.get_weights())
     total, stats = gs.compute_pair_losses(*batch)
     np.testing.assert_allclose(float(stats["gs_loss"][0]), float(stats32["gs_loss"][0]), atol=1e-2)
-    np.testing.assert_allclose(float(stats["gs_cosine"][0]), float(stats32["gs_cosine"][0]), atol=1e-2)
+    np.testing.assert_allclose(
+        float(stats["gs_cosine"][0]), float(stats32["gs_cosine"][0]), atol=1e-2
+    )
     np.testing.assert_allclose(float(total), float(total32), atol=1e-2)
     assert isinstance(gs.optimizer, keras.optimizers.LossScaleOptimizer)

@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent(
     import tensorflow as tf
 
     cpus = tf.config.list_physical_devices("CPU")
-    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    two = [tf.config.LogicalDeviceConfiguration()] * 2
+    tf.config.set_logical_device_configuration(cpus[0], two)
 
     import keras
     import cfkeras
@@ -61,7 +62,10 @@ SCRIPT = textwrap.dedent(
     output_bias = np.zeros(1, "float32")
 
     def batches(weighted):
-        tensors = ({"original": x_i, "counterfactual": x_j}, {"original": y_i, "counterfactual": y_j})
+        tensors = (
+            {"original": x_i, "counterfactual": x_j},
+            {"original": y_i, "counterfactual": y_j},
+        )
         if weighted:
             tensors += (weight,)
         return tf.data.Dataset.from_tensor_slices(tensors).batch(8, drop_remainder=True)
@@ -71,9 +75,12 @@ SCRIPT = textwrap.dedent(
             inputs = keras.Input((d,))
             hidden = keras.layers.Dense(6, activation="tanh", name="hidden")(inputs)
             outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
-            gs = cfkeras.GradientSupervisionModel(keras.Model(inputs, outputs), gs_layer="hidden", gs_weight=3.0)
+            gs = cfkeras.GradientSupervisionModel(
+                keras.Model(inputs, outputs), gs_layer="hidden", gs_weight=3.0
+            )
             gs.set_weights([hidden_kernel, hidden_bias, output_kernel, output_bias])
-            gs.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", jit_compile=False)
+            optimizer = keras.optimizers.SGD(0.5)
+            gs.compile(optimizer=optimizer, loss="binary_crossentropy", jit_compile=False)
         initial = [w.tolist() for w in gs.get_weights()]
         # One step per epoch: the history holds every step's logs.
         history = gs.fit(batches(weighted).repeat(), steps_per_epoch=1, epochs=6, verbose=0).history
@@ -146,7 +153,9 @@ def test_mirrored_matches_single_device(runs, weighting):
         differences[key] = float(np.max(np.abs(a - b)))
     weights = [np.array(w) for w in single["weights"]]
     mirrored_weights = [np.array(w) for w in mirrored["weights"]]
-    differences["weights"] = max(float(np.max(np.abs(a - b))) for a, b in zip(weights, mirrored_weights))
+    differences["weights"] = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(weights, mirrored_weights)
+    )
     print(f"\n{weighting}: max |single - mirrored| {differences}")
     for key in KEYS:
         np.testing.assert_allclose(

@@ -71,13 +71,9 @@ def build(kind, **settings):
         return GradientSupervisionModel(mlp(), gs_layer="hidden", **settings)
     if kind == "encoder_head":
         inputs = keras.Input((4,))
-        encoder = keras.Model(
-            inputs, keras.layers.Dense(8, activation="relu")(inputs), name="enc"
-        )
+        encoder = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs), name="enc")
         space = keras.Input((8,))
-        head = keras.Model(
-            space, keras.layers.Dense(1, activation="sigmoid")(space), name="head"
-        )
+        head = keras.Model(space, keras.layers.Dense(1, activation="sigmoid")(space), name="head")
         return GradientSupervisionModel(encoder=encoder, head=head, **settings)
     return GradientSupervisionModel(mlp(), gs_layer=None, **settings)
 
@@ -109,9 +105,7 @@ def test_keras_file_round_trip(kind, tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded) is GradientSupervisionModel
     x = pairs.original
-    np.testing.assert_allclose(
-        loaded.predict(x, verbose=0), gs.predict(x, verbose=0), atol=1e-6
-    )
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), gs.predict(x, verbose=0), atol=1e-6)
     assert json_round_trip(loaded.get_config()) == json_round_trip(gs.get_config())
     for key, value in GS_SETTINGS.items():
         assert getattr(loaded, key) == value, key
@@ -138,10 +132,7 @@ def test_config_json_round_trip(kind):
     # The registered name round-trips through serialize/deserialize too.
     serialized = json_round_trip(keras.saving.serialize_keras_object(gs))
     assert serialized["registered_name"] == "cfkeras>GradientSupervisionModel"
-    assert (
-        type(keras.saving.deserialize_keras_object(serialized))
-        is GradientSupervisionModel
-    )
+    assert type(keras.saving.deserialize_keras_object(serialized)) is GradientSupervisionModel
 
 
 # === SavedModel export ===
@@ -169,12 +160,8 @@ def test_export_multi_input_dict_model(tmp_path):
         keras.layers.Concatenate()([a, b])
     )
     outputs = keras.layers.Dense(3, activation="softmax")(hidden)
-    gs = GradientSupervisionModel(
-        keras.Model({"a": a, "b": b}, outputs), gs_layer="hidden"
-    )
-    gs.compile(
-        optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    gs = GradientSupervisionModel(keras.Model({"a": a, "b": b}, outputs), gs_layer="hidden")
+    gs.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng(0)
     x = {
         "a": rng.normal(size=(16, 3)).astype("float32"),
@@ -235,9 +222,7 @@ def test_validation_values_are_real(trained):
 
 def test_evaluate_unpaired_and_paired(trained):
     gs, _, pairs = trained
-    unpaired = gs.evaluate(
-        pairs.original, pairs.label, batch_size=8, return_dict=True, verbose=0
-    )
+    unpaired = gs.evaluate(pairs.original, pairs.label, batch_size=8, return_dict=True, verbose=0)
     assert set(unpaired) == {"loss", "main_loss", "accuracy"}
     assert unpaired["loss"] == unpaired["main_loss"] > 0
     paired = gs.evaluate(
@@ -252,9 +237,7 @@ def test_predict_unpaired_and_paired(trained):
     x, x_cf = pairs.original, pairs.counterfactual
     expected = gs.model.predict(x, verbose=0)
     np.testing.assert_allclose(gs.predict(x, verbose=0), expected, atol=1e-6)
-    paired = gs.predict(
-        {"original": x, "counterfactual": x_cf}, batch_size=8, verbose=0
-    )
+    paired = gs.predict({"original": x, "counterfactual": x_cf}, batch_size=8, verbose=0)
     assert set(paired) == {"original", "counterfactual"}
     np.testing.assert_allclose(paired["original"], expected, atol=1e-6)
     np.testing.assert_allclose(
@@ -266,20 +249,14 @@ def test_evaluate_keeps_the_last_partial_batch():
     # 488 pairs (the size of the CAD test split) at 32 a batch: the last batch has 8.
     pairs = binary_pairs(488, seed=1)
     gs = compiled(build("inputs"))
-    logs = gs.evaluate(
-        pairs.to_dataset(batch_size=32, shuffle=False), return_dict=True, verbose=0
-    )
+    logs = gs.evaluate(pairs.to_dataset(batch_size=32, shuffle=False), return_dict=True, verbose=0)
 
-    p = gs.model.predict(
-        np.concatenate([pairs.original, pairs.counterfactual]), verbose=0
-    )[:, 0]
+    p = gs.model.predict(np.concatenate([pairs.original, pairs.counterfactual]), verbose=0)[:, 0]
     y = np.concatenate([pairs.label, pairs.counterfactual_label])
     decided = (p > 0.5).astype("float32")
     np.testing.assert_allclose(logs["accuracy"], np.mean(decided == y), rtol=1e-6)
     right = (decided == y).reshape(2, -1)
-    np.testing.assert_allclose(
-        logs["pair_accuracy"], np.mean(right[0] & right[1]), rtol=1e-6
-    )
+    np.testing.assert_allclose(logs["pair_accuracy"], np.mean(right[0] & right[1]), rtol=1e-6)
     np.testing.assert_allclose(
         logs["flip_rate"], np.mean(decided[:488] != decided[488:]), rtol=1e-6
     )
@@ -290,9 +267,7 @@ def test_evaluate_keeps_the_last_partial_batch():
     # gs_cosine: the mean over all 976 points, as one batch of 488 pairs gives it.
     x, y_pair = next(iter(pairs.to_dataset(batch_size=488, shuffle=False)))
     _, stats = gs.compute_pair_losses(x, y_pair)
-    np.testing.assert_allclose(
-        logs["gs_cosine"], float(stats["gs_cosine"][0]), rtol=1e-5
-    )
+    np.testing.assert_allclose(logs["gs_cosine"], float(stats["gs_cosine"][0]), rtol=1e-5)
 
 
 # === Batch normalisation ===
@@ -315,14 +290,10 @@ def test_batch_norm_in_the_head_takes_the_gradient_in_inference_mode():
 
     x, y = next(iter(pairs.to_dataset(batch_size=16, shuffle=False)))
     bn, out = gs.model.get_layer("bn"), gs.model.get_layer("out")
-    scale = bn.gamma.numpy() / np.sqrt(
-        bn.moving_variance.numpy() + bn.epsilon
-    )  # before the call
+    scale = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)  # before the call
     _, stats = gs.compute_pair_losses(x, y, training=True)
 
-    h = gs.encoder.predict(
-        np.concatenate([pairs.original, pairs.counterfactual]), verbose=0
-    )
+    h = gs.encoder.predict(np.concatenate([pairs.original, pairs.counterfactual]), verbose=0)
     sign = np.concatenate(
         [
             pairs.counterfactual_label - pairs.label,
@@ -344,17 +315,13 @@ def test_batch_norm_in_the_head_takes_the_gradient_in_inference_mode():
     batch_mode = numpy_cosines(tape.gradient(contrast, h_tensor).numpy(), h)
     assert np.max(np.abs(batch_mode - cosines)) > 1e-2
     # ... and the one of the main loss, whose predictions use training mode.
-    np.testing.assert_allclose(
-        stats["y_pred"].numpy(), tf.sigmoid(logits).numpy(), atol=1e-5
-    )
+    np.testing.assert_allclose(stats["y_pred"].numpy(), tf.sigmoid(logits).numpy(), atol=1e-5)
 
 
 def test_batch_norm_in_the_encoder_is_allowed():
     pairs = binary_pairs(16)
     keras.utils.set_random_seed(0)
-    gs = compiled(
-        GradientSupervisionModel(mlp(batch_norm="encoder"), gs_layer="hidden")
-    )
+    gs = compiled(GradientSupervisionModel(mlp(batch_norm="encoder"), gs_layer="hidden"))
     history = gs.fit(pairs.to_dataset(batch_size=8, seed=0), epochs=1, verbose=0)
     assert history.history["gs_supervised"][-1] > 0
     assert np.isfinite(history.history["gs_loss"][-1])
@@ -417,9 +384,7 @@ def test_bad_arguments_raise_clear_errors(arguments, message):
 def test_softmax_output_uses_logits_for_gs_and_probabilities_for_outputs():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
-    model = keras.Model(
-        inputs, keras.layers.Dense(3, activation="softmax", name="out")(inputs)
-    )
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(inputs))
     gs = GradientSupervisionModel(model, gs_layer=None)
     gs.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)

@@ -32,7 +32,8 @@ def _dense_pairs():
     y_i = (np.arange(16) % 2).astype("float32")
     y_j = 1 - y_i
     y_j[::4] = y_i[::4]  # some pairs carry no supervision
-    return cfkeras.Pairs(x_i, x_j, y_i, y_j)
+    with pytest.warns(UserWarning, match="4 of 16 pairs have equal labels"):
+        return cfkeras.Pairs(x_i, x_j, y_i, y_j)
 
 
 def _text_pairs(n=32, length=8, vocabulary=30):
@@ -47,7 +48,11 @@ def _text_pairs(n=32, length=8, vocabulary=30):
 
 CASES = {
     "dense": (_dense_model, "hidden", _dense_pairs),
-    "text": (lambda: bag_of_embeddings_classifier(30, 4, sequence_length=8), "mean_embedding", _text_pairs),
+    "text": (
+        lambda: bag_of_embeddings_classifier(30, 4, sequence_length=8),
+        "mean_embedding",
+        _text_pairs,
+    ),
 }
 
 
@@ -73,7 +78,9 @@ def _train(case, jit_compile, initial_weights=None, epochs=2):
     if initial_weights is not None:
         gs.set_weights(initial_weights)
     initial = [w.copy() for w in gs.get_weights()]
-    gs.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", jit_compile=jit_compile)
+    gs.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", jit_compile=jit_compile
+    )
     steps = _StepLosses()
     dataset = make_pairs().to_dataset(batch_size=8, seed=0)
     history = gs.fit(dataset, epochs=epochs, verbose=0, callbacks=[steps])
