@@ -288,83 +288,72 @@ class Pairs:
             2 * len(self), (x, y), weight, batch_size, shuffle, seed, drop_remainder
         )
 
-    def random_relations(
-        self,
-        batch_size=32,
-        partners="any",
-        seed=None,
-        shuffle=True,
-        drop_remainder=None,
-    ):
-        """The paper's control: every example paired with a random partner.
+    def random_relations(self, batch_size=32, partners="any", seed=None, drop_remainder=True):
+        """The paper's control: the same examples, re-paired at random every epoch.
 
-        The pool is every member (originals and counterfactuals); each example
-        of the pool is paired with a partner drawn from the pool, re-drawn
-        every epoch from `seed`.
+        The pool is every member (originals and counterfactuals). Every epoch
+        it is split at random into `len(self)` pairs, so that each example
+        appears exactly once per epoch, as in `flatten` and `to_dataset`: the
+        main loss sees the same examples, and only the relations differ.
 
         Args:
             batch_size: pairs per batch.
             partners: `"any"`: label-blind partners, as in the paper's ablation
-                (pairs with equal labels then carry no GS signal under the
-                cfkeras sign convention); `"different_label"`: partners drawn
-                only among examples whose label differs.
-            seed: seed of the partner draw and the shuffle.
-            shuffle: shuffle the pool every epoch.
-            drop_remainder: as in `to_dataset`.
+                (pairs whose labels happen to be equal then carry no GS signal
+                under the cfkeras sign convention); `"different_label"`: a
+                random matching between examples of different labels — every
+                pair differs unless one label holds more than half of the
+                pool (examples are sorted by label in random order, and the
+                first half is matched with the second).
+            seed: seed of the matching; it is re-drawn every epoch.
+            drop_remainder: drop the last partial batch (default: training).
+
+        Returns:
+            A `tf.data.Dataset` of pairs in the form of `to_dataset`; a pair's
+            sample weight, if any, is the mean of its members' weights.
         """
         if partners not in PARTNERS:
             raise ValueError(f"partners must be one of {PARTNERS}; received {partners!r}.")
-        x = _stack(self.original, self.counterfactual)
-        y = _stack(self.label, self.counterfactual_label)
-        n = 2 * len(self)
-        rows = np.asarray(y).reshape(n, -1)
-        _, label_class = np.unique(rows, axis=0, return_inverse=True)
-        label_class = label_class.reshape(-1)
-        order = np.argsort(label_class, kind="stable")
-        counts = np.bincount(label_class)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        if partners == "different_label" and counts.max() == n:
-            raise ValueError("random_relations: every example has the same label.")
-        order_t = tf.constant(order, tf.int64)
-        own_class = tf.constant(label_class, tf.int64)
-        count_t = tf.constant(counts, tf.int64)
-        start_t = tf.constant(starts, tf.int64)
-        x_t = keras.tree.map_structure(_to_tensor, x)
-        y_t = _to_tensor(y)
-        weight_t = None
+        x = keras.tree.map_structure(_to_tensor, _stack(self.original, self.counterfactual))
+        y = _to_tensor(_stack(self.label, self.counterfactual_label))
+        weight = None
         if self.sample_weight is not None:
-            weight_t = _to_tensor(_stack(self.sample_weight, self.sample_weight))
+            weight = _to_tensor(_stack(self.sample_weight, self.sample_weight))
+        half, pool = len(self), 2 * len(self)
+        rows = np.asarray(_stack(self.label, self.counterfactual_label)).reshape(pool, -1)
+        label_class = tf.constant(np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1))
 
-        def draw(index, randomness):
-            if partners == "any":
-                # Uniform among the other n - 1 examples.
-                partner = tf.math.floormod(randomness, n - 1)
-                partner = tf.where(partner >= index, partner + 1, partner)
-            else:
-                k = tf.gather(own_class, index)
-                others = n - tf.gather(count_t, k)
-                u = tf.math.floormod(randomness, others)
-                start = tf.gather(start_t, k)
-                position = tf.where(u < start, u, u + tf.gather(count_t, k))
-                partner = tf.gather(order_t, position)
-            return index, partner
+        def match(permutation):
+            if partners == "different_label":
+                order = tf.argsort(tf.gather(label_class, permutation), stable=True)
+                permutation = tf.gather(permutation, order)
+            return tf.data.Dataset.from_tensor_slices((permutation[:half], permutation[half:]))
 
-        def gather(index, partner):
-            pick = lambda value, i: keras.tree.map_structure(lambda t: tf.gather(t, i), value)
-            features = make_pair(pick(x_t, index), pick(x_t, partner))
-            labels = make_pair(tf.gather(y_t, index), tf.gather(y_t, partner))
-            if weight_t is None:
+        def orient(members, randomness):
+            # Which member comes first is random, so that no label is always
+            # the "original" (it matters with both_directions=False).
+            first, second = members
+            swap = tf.equal(tf.math.floormod(randomness, 2), 1)
+            return tf.where(swap, second, first), tf.where(swap, first, second)
+
+        def gather(first, second):
+            pick = lambda i: keras.tree.map_structure(lambda t: tf.gather(t, i), x)
+            features = make_pair(pick(first), pick(second))
+            labels = make_pair(tf.gather(y, first), tf.gather(y, second))
+            if weight is None:
                 return features, labels
-            return features, labels, tf.gather(weight_t, index)
+            return features, labels, (tf.gather(weight, first) + tf.gather(weight, second)) / 2
 
-        indices = tf.data.Dataset.range(n)
-        if shuffle:
-            indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        permutations = tf.data.Dataset.range(pool).shuffle(
+            pool, seed=seed, reshuffle_each_iteration=True
+        )
+        matched = permutations.batch(pool).flat_map(match)
+        if partners == "different_label":
+            matched = matched.shuffle(
+                half, seed=None if seed is None else seed + 1, reshuffle_each_iteration=True
+            )
         randomness = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(indices, randomness.map(lambda r: tf.abs(r)))
-        dataset = dataset.map(draw)
-        if drop_remainder is None:
-            drop_remainder = shuffle
+        dataset = tf.data.Dataset.zip(matched, randomness).map(orient)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

@@ -92,46 +92,40 @@ def run(args):
     train, dev, test = (tokens(splits[name]) for name in ("train", "dev", "test"))
     vocabulary = vectorize.vocabulary_size()
 
+    # Both rows train through the same cfkeras step (XLA, dense embedding
+    # gradients) with 32 reviews in the main loss a batch; unpaired examples
+    # get the main loss only.
+    rows = {
+        "augmentation": (
+            0.0,
+            train.flatten(batch_size=32, seed=args.seed),
+            dev.flatten(batch_size=32, shuffle=False),
+        ),
+        "gradient_supervision": (
+            args.gs_weight,
+            train.to_dataset(batch_size=16, seed=args.seed),
+            dev.to_dataset(batch_size=16, shuffle=False),
+        ),
+    }
     results = {}
-    # Augmentation baseline: 32 independent reviews a batch.
-    keras.utils.set_random_seed(args.seed)
-    baseline_model = cfkeras.models.bag_of_embeddings_classifier(vocabulary)
-    # Trained through the same cfkeras step (XLA, dense embedding gradients),
-    # on unpaired examples: only the main loss applies.
-    baseline = cfkeras.GradientSupervisionModel(baseline_model, gs_layer=GS_LAYER)
-    baseline.compile(
-        optimizer=optimizer(args.learning_rate),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
-    )
-    start = time.perf_counter()
-    history = baseline.fit(
-        train.flatten(batch_size=32, seed=args.seed),
-        validation_data=dev.flatten(batch_size=32, shuffle=False),
-        epochs=args.epochs,
-        verbose=2,
-        callbacks=callbacks(args.log_dir, "augmentation", args.epochs),
-    )
-    results["augmentation"] = summarize(history, baseline_model, test, time.perf_counter() - start)
-
-    # Gradient supervision: 16 pairs = 32 reviews a batch.
-    keras.utils.set_random_seed(args.seed)
-    model = cfkeras.models.bag_of_embeddings_classifier(vocabulary)
-    gs = cfkeras.GradientSupervisionModel(model, gs_layer=GS_LAYER, gs_weight=args.gs_weight)
-    gs.compile(
-        optimizer=optimizer(args.learning_rate),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
-    )
-    start = time.perf_counter()
-    history = gs.fit(
-        train.to_dataset(batch_size=16, seed=args.seed),
-        validation_data=dev.to_dataset(batch_size=16, shuffle=False),
-        epochs=args.epochs,
-        verbose=2,
-        callbacks=callbacks(args.log_dir, "gradient_supervision", args.epochs),
-    )
-    results["gradient_supervision"] = summarize(history, model, test, time.perf_counter() - start)
+    for name, (gs_weight, train_data, dev_data) in rows.items():
+        keras.utils.set_random_seed(args.seed)
+        model = cfkeras.models.bag_of_embeddings_classifier(vocabulary)
+        trainer = cfkeras.GradientSupervisionModel(model, gs_layer=GS_LAYER, gs_weight=gs_weight)
+        trainer.compile(
+            optimizer=optimizer(args.learning_rate),
+            loss="binary_crossentropy",
+            metrics=["accuracy"],
+        )
+        start = time.perf_counter()
+        history = trainer.fit(
+            train_data,
+            validation_data=dev_data,
+            epochs=args.epochs,
+            verbose=2,
+            callbacks=callbacks(args.log_dir, name, args.epochs),
+        )
+        results[name] = summarize(history, model, test, time.perf_counter() - start)
     return results
 
 

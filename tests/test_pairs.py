@@ -286,10 +286,12 @@ def _pool_pairs(n=10):
 def test_random_relations(partners):
     pairs = _pool_pairs()
     dataset = pairs.random_relations(batch_size=5, partners=partners, seed=4)
+    assert len(list(pairs.random_relations(batch_size=3, seed=4))) == 3  # drops the remainder
     first, second = _relations(dataset), _relations(dataset)
     for rows in (first, second):
-        # Every member of the pool is an example exactly once per epoch.
-        np.testing.assert_array_equal(np.sort(rows[:, 0]), np.arange(20))
+        # Every member of the pool is in exactly one pair per epoch.
+        assert len(rows) == 10
+        np.testing.assert_array_equal(np.sort(rows[:, :2].reshape(-1)), np.arange(20))
         # Labels travel with their examples.
         np.testing.assert_array_equal(rows[:, 2], rows[:, 0] % 3)
         np.testing.assert_array_equal(rows[:, 3], rows[:, 1] % 3)
@@ -310,6 +312,25 @@ def test_random_relations_any_draws_equal_labels_too():
         [_relations(_pool_pairs().random_relations(batch_size=5, seed=s)) for s in range(3)]
     )
     assert np.any(rows[:, 2] == rows[:, 3]) and np.any(rows[:, 2] != rows[:, 3])
+
+
+def test_random_relations_binary_matching_is_oriented_at_random_and_weighted():
+    # IMDb-like: every pair flips a binary label, so the pool is balanced.
+    n = 32
+    x = np.arange(n, dtype="float32")[:, None]
+    label = np.arange(n) % 2
+    weight = np.arange(n, dtype="float32") + 1.0
+    pairs = Pairs(x, x + n, label, 1 - label, sample_weight=weight)
+    first_labels = []
+    for features, labels, pair_weight in pairs.random_relations(8, "different_label", seed=1):
+        a, b = labels["original"].numpy(), labels["counterfactual"].numpy()
+        assert np.all(a != b)
+        first_labels.extend(a)
+        ids = np.stack([features["original"][:, 0], features["counterfactual"][:, 0]], 1)
+        member_weight = np.where(ids < n, ids + 1, ids - n + 1)  # the cf shares its pair's weight
+        np.testing.assert_allclose(pair_weight.numpy(), member_weight.mean(1))
+    # Both labels come first: the orientation is random.
+    assert 0 < np.mean(first_labels) < 1
 
 
 def test_random_relations_errors():
