@@ -16,7 +16,8 @@ step, and how many times XLA compiled (read from an HLO dump directory).
 
 Run:
 
-    python benchmarks/adadelta_dense_gradients.py --steps 20 --out benchmarks/results/adadelta_dense_gradients.json
+    python benchmarks/adadelta_dense_gradients.py --steps 20 \
+        --out benchmarks/results/adadelta_dense_gradients.json
 """
 
 import argparse
@@ -100,7 +101,9 @@ def main():
         print(variant, result, flush=True)
     report = {
         "command": "python " + " ".join(sys.argv),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "results": results,
         "speedup_dense_vs_sparse": results["keras_sparse"]["median_step_ms"]
         / results["cfkeras_dense"]["median_step_ms"],
