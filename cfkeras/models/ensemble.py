@@ -3,9 +3,11 @@
 import copy
 
 import keras
+import tensorflow as tf
 from keras import ops
+from keras.src.losses.loss import unscale_loss_for_distribution
 
-from cfkeras.models.gradient_supervision import split_at_layer
+from cfkeras.models.gradient_supervision import _densify, split_at_layer
 from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, is_pair
 
 GS_SPACE = "ensemble_gs_space"
@@ -96,6 +98,8 @@ class StackedEnsemble(keras.Model):
     and, for sigmoid/softmax members, `member_{k}_accuracy` are logged per
     member (`val_member_{k}_accuracy` in validation), and the compiled metrics
     are computed on the ensemble's output. This costs a second forward pass.
+    Embedding gradients are applied dense (as in `GradientSupervisionModel`):
+    sparse ones make XLA recompile the step on every call with Adadelta.
 
     Gradient supervision: with `gs_layer`, each member is split at its layer
     `gs_layer` and the members' outputs of it are stacked into one layer,
@@ -153,9 +157,9 @@ class StackedEnsemble(keras.Model):
             raise ValueError("StackedEnsemble needs at least one member.")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; received {activation!r}.")
+        _check_members(members)
         activation = _strip_output_activations(members, activation)
         members = [_renamed(member, f"member_{k}") for k, member in enumerate(members)]
-        _check_members(members)
 
         inputs = keras.tree.map_structure(
             lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name),
@@ -231,7 +235,9 @@ class StackedEnsemble(keras.Model):
             x, y, weight = _flatten_pair(x, y, weight)
             logits = self.member_logits(x)
             n = ops.shape(logits)[0]
-            weight = ops.ones((n,)) if weight is None else ops.cast(ops.reshape(weight, (n,)), "float32")
+            weight = (
+                ops.ones((n,)) if weight is None else ops.cast(ops.reshape(weight, (n,)), "float32")
+            )
             predictions = [logits[:, k] for k in range(self.num_members)]
             predictions.append(ops.mean(logits, axis=1))
             for k, member_logits in enumerate(predictions):
@@ -267,7 +273,6 @@ class StackedEnsemble(keras.Model):
         """The sum over members of each member's compiled loss (see the class)."""
         if self._compile_loss is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        from keras.src.losses.loss import unscale_loss_for_distribution
 
         logits = self.member_logits(x, training=training)
         batch = ops.shape(logits)[0]
@@ -287,11 +292,33 @@ class StackedEnsemble(keras.Model):
             total = total + self._aggregate_additional_loss(loss)
         return total
 
+    def train_step(self, data):
+        # Keras's TensorFlow train_step, in its order, with the embedding
+        # gradients applied dense as in GradientSupervisionModel: sparse
+        # (IndexedSlices) gradients make XLA recompile the step on every call
+        # with some optimizers (Adadelta), seconds a step.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            self._loss_tracker.update_state(
+                unscale_loss_for_distribution(loss),
+                sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
+            )
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+        variables = self.trainable_weights
+        gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
+        self.optimizer.apply(gradients, variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
     # === Config ===
 
     def get_config(self):
-        # The constructor's arguments, not the functional graph it builds.
-        config = {"name": self.name, "trainable": self.trainable}
+        # The constructor's arguments, not the functional graph they build
+        # (for a subclass, Functional.get_config gives the base Model config).
+        config = super().get_config()
         config.update(
             {
                 "members": [keras.saving.serialize_keras_object(m) for m in self.members],
