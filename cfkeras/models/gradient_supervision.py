@@ -13,6 +13,8 @@ from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, is_pair
 TASKS = ("auto",) + pair_metrics.TASKS
 MULTI_LABEL_MODES = ("sum", "per_label")
 _OUTPUT_ACTIVATIONS = ("sigmoid", "softmax")
+# The layer of a `cfkeras.models.StackedEnsemble` stacking its members' logits.
+MEMBER_LOGITS = "ensemble_member_logits"
 _GS_METRICS = (
     "gs_loss",
     "gs_cosine",
@@ -84,6 +86,31 @@ def split_at_layer(model, layer_name):
             "Choose another layer or pass `encoder=` and `head=`."
         ) from error
     return encoder, head
+
+
+def _has_layer(model, name):
+    return any(layer.name == name for layer in getattr(model, "layers", []))
+
+
+def _member_head(model, gs_layer, members_layer):
+    """Maps the stacked GS space of an ensemble to its stacked member logits."""
+    try:
+        space = model.get_layer(gs_layer).output
+        member_logits = model.get_layer(members_layer).output
+    except ValueError as error:
+        raise ValueError(f"members_layer={members_layer!r}: {error}") from error
+    if len(space.shape) < 3 or len(member_logits.shape) != 3:
+        raise ValueError(
+            f"members_layer={members_layer!r} must output (batch, members, classes) and "
+            f"gs_layer={gs_layer!r} (batch, members, ...); got {member_logits.shape} and "
+            f"{space.shape}."
+        )
+    if space.shape[1] != member_logits.shape[1]:
+        raise ValueError(
+            f"gs_layer={gs_layer!r} stacks {space.shape[1]} members but "
+            f"members_layer={members_layer!r} {member_logits.shape[1]}."
+        )
+    return keras.Model(space, member_logits, name=f"{model.name}_member_head")
 
 
 def _output_layer(head):
@@ -201,6 +228,18 @@ class GradientSupervisionModel(keras.Model):
             written).
         min_relative_distance: pairs closer than this relative to their norms
             in the GS space are not supervised (counted in `gs_skipped`).
+        members_layer: for an ensemble of independent members stacked in one
+            model (`cfkeras.models.StackedEnsemble`): the name of the layer
+            whose output stacks the members' logits, `(batch, members,
+            classes)`, with the GS space stacked the same way, `(batch,
+            members, ...)`. Every member is then trained exactly as if alone,
+            in one step: the objective is the sum over members of each
+            member's main loss and `gs_weight` times its own GS loss (one
+            cosine per member slice of the GS space), while metrics and
+            predictions use the ensemble's output. Logged losses are means
+            over members, comparable with a single model's. `"auto"` (the
+            default) uses `"ensemble_member_logits"` when `model` has that
+            layer and `gs_layer` is set, else none.
 
     Example:
 
@@ -230,9 +269,22 @@ class GradientSupervisionModel(keras.Model):
         both_directions=True,
         stop_target_gradient=False,
         min_relative_distance=1e-5,
+        members_layer="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        member_head = None
+        if members_layer == "auto":
+            has_members = (
+                model is not None and gs_layer is not None and _has_layer(model, MEMBER_LOGITS)
+            )
+            members_layer = MEMBER_LOGITS if has_members else None
+        if members_layer is not None:
+            if model is None or gs_layer is None:
+                raise ValueError("`members_layer` needs `model` and `gs_layer`.")
+            if multi_label_mode == "per_label":
+                raise ValueError("`members_layer` does not support multi_label_mode='per_label'.")
+            member_head = _member_head(model, gs_layer, members_layer)
         if model is not None:
             if encoder is not None or head is not None:
                 raise ValueError("Pass either `model` or `encoder` and `head`, not both.")
@@ -271,6 +323,8 @@ class GradientSupervisionModel(keras.Model):
         self.both_directions = bool(both_directions)
         self.stop_target_gradient = bool(stop_target_gradient)
         self.min_relative_distance = float(min_relative_distance)
+        self.members_layer = members_layer
+        self.member_head = member_head
         self._head_couples_batch = _couples_batch(head)
 
         self.main_loss_tracker = keras.metrics.Mean(name="main_loss")
@@ -308,6 +362,48 @@ class GradientSupervisionModel(keras.Model):
             layer.activation = saved
         return logits, activation
 
+    def _forward(self, h, training):
+        """`(logits, activation, member_logits)` at points `h` of the GS space.
+
+        For an ensemble (`members_layer`), `member_logits` stacks the members'
+        logits `(batch, members, classes)` and `logits` is their mean, the
+        ensemble's logits; otherwise `member_logits` is None.
+        """
+        if self.member_head is None:
+            logits, activation = self._logits(h, training)
+            return logits, activation, None
+        member_logits = self.member_head(h, training=training)
+        return ops.mean(member_logits, axis=1), self._output_activation()[1], member_logits
+
+    def _main_loss(self, x, y, y_pred, member_logits, activation, sample_weight, training):
+        """`(objective, reported)` main loss.
+
+        For an ensemble the objective is the sum over members of each
+        member's compiled loss (each member gets the gradient it would get
+        alone) and the reported value their mean; otherwise both are the
+        compiled loss of `y_pred`.
+        """
+        if member_logits is None:
+            loss = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+            return loss, loss
+        members = member_logits.shape[1]
+        predictions = self._activate(member_logits, activation)
+        predictions = ops.reshape(predictions, (-1, member_logits.shape[-1]))
+        repeat = lambda t: None if t is None else ops.repeat(t, members, axis=0)
+        mean = self._compute_loss(
+            x=x,
+            y=repeat(y),
+            y_pred=predictions,
+            sample_weight=repeat(sample_weight),
+            training=training,
+        )
+        # Regularisation losses are in `mean` once, and must stay once.
+        extra = [self._aggregate_additional_loss(loss) for loss in self.losses]
+        extra = ops.sum(ops.stack(extra)) if extra else ops.zeros((), mean.dtype)
+        return members * mean - (members - 1) * ops.cast(extra, mean.dtype), mean
+
     @staticmethod
     def _activate(logits, activation):
         if activation == "sigmoid":
@@ -337,17 +433,21 @@ class GradientSupervisionModel(keras.Model):
     def _gradient_supervision(self, h, y, training):
         """Logits and GS statistics for the 2n rows `[x_i; x_j]` of a batch.
 
-        Returns `(logits, activation, per_point_cosine, point_valid,
-        has_contrast, task)`.
+        Returns `(logits, activation, member_logits, cos, valid,
+        has_contrast, task)`; `cos` and `valid` are `(2n, units)`, one unit
+        per ensemble member (one unit for a single model).
         """
         n = ops.shape(h)[0] // 2
         y_partner = ops.concatenate([y[n:], y[:n]], axis=0)
         per_label = self.multi_label_mode == "per_label"
         with tf.GradientTape(watch_accessed_variables=False, persistent=per_label) as tape:
             tape.watch(h)
-            logits, activation = self._logits(h, training and not self._head_couples_batch)
-            dtype = gs_losses.float_dtype(logits)
-            logits32 = ops.cast(logits, dtype)
+            logits, activation, member_logits = self._forward(
+                h, training and not self._head_couples_batch
+            )
+            outputs = logits if member_logits is None else member_logits
+            dtype = gs_losses.float_dtype(outputs)
+            logits32 = ops.cast(outputs, dtype)
             width = logits.shape[-1]
             weights = ops.cast(
                 gs_losses.contrast_weights(
@@ -355,7 +455,10 @@ class GradientSupervisionModel(keras.Model):
                 ),
                 dtype,
             )
-            contrast = ops.sum(weights * logits32)
+            # Every member's contrast; members share no weights, so the
+            # gradient of the sum is each member's own gradient, block-wise.
+            broadcast = weights if member_logits is None else weights[:, None, :]
+            contrast = ops.sum(broadcast * logits32)
         task = self._resolve_task(activation, width)
         h_partner = ops.concatenate([h[n:], h[:n]], axis=0)
         origin, target = h, h_partner
@@ -366,7 +469,7 @@ class GradientSupervisionModel(keras.Model):
             # One input gradient per label (rows are independent), not
             # `tape.batch_jacobian`: differentiating its pfor loop again under
             # XLA makes the inputs compile-time constants, so the train step
-            # recompiled on every batch.
+            # recompiled on every batch. Costs one backward pass per label.
             ones = ops.ones_like(logits32)
             jacobian = ops.stack(
                 [
@@ -395,14 +498,19 @@ class GradientSupervisionModel(keras.Model):
             valid = total > 0
             cos = ops.sum(label_weight * ops.reshape(cos, (rows, width)), axis=-1)
             cos = cos / ops.where(valid, total, ops.ones_like(total))
+            cos, valid = cos[:, None], valid[:, None]
         else:
             gradient = tape.gradient(contrast, h)
+            units = 1 if member_logits is None else member_logits.shape[1]
+            # One cosine per member slice of the stacked GS space.
+            per_unit = lambda a: ops.reshape(a, (ops.shape(a)[0] * units, -1))
             cos, valid = gs_losses.cosine_alignment(
-                gradient, origin, target, self.min_relative_distance
+                per_unit(gradient), per_unit(origin), per_unit(target), self.min_relative_distance
             )
+            cos, valid = ops.reshape(cos, (-1, units)), ops.reshape(valid, (-1, units))
         if self._head_couples_batch and training:
-            logits, activation = self._logits(h, training=True)
-        return logits, activation, cos, valid, has_contrast, task
+            logits, activation, member_logits = self._forward(h, training=True)
+        return logits, activation, member_logits, cos, valid, has_contrast, task
 
     def compute_pair_losses(self, x, y, sample_weight=None, training=False):
         """The one loss routine of `train_step` and `test_step`.
@@ -417,10 +525,12 @@ class GradientSupervisionModel(keras.Model):
             training: run the layers in training mode.
 
         Returns:
-            `(total, stats)`: the total loss `main + gs_weight * gs` (the
+            `(total, stats)`: the objective `main + gs_weight * gs` (the
             main loss scaled for distribution as Keras scales its losses, the
-            GS term divided by the global number of supervised points), and a
-            dict with `main_loss`, `gs_loss` (`(mean, count)` on this
+            GS term divided by the global number of supervised points; for an
+            ensemble, summed over members), and a dict with `loss` (the
+            reported total: the mean over members for an ensemble),
+            `main_loss`, `gs_loss` (`(mean, count)` on this
             replica), `gs_cosine`, per point of the `2n` rows `[x_i; x_j]`
             `gs_supervised` (1 where supervised) and `gs_cosine_per_point`
             (0 where not), `gs_skipped`, per-pair `pair_accuracy` and
@@ -453,43 +563,52 @@ class GradientSupervisionModel(keras.Model):
             raise ValueError(
                 "The GS space must be a single tensor; the encoder returns a structure."
             )
-        logits, activation, cos, valid, has_contrast, task = self._gradient_supervision(
-            h, y_all, training
+        logits, activation, member_logits, cos, valid, has_contrast, task = (
+            self._gradient_supervision(h, y_all, training)
         )
         y_pred = self._activate(logits, activation)
-        main_loss = self._compute_loss(
-            x=x_all, y=y_all, y_pred=y_pred, sample_weight=weight_all, training=training
+        main_objective, main_loss = self._main_loss(
+            x_all, y_all, y_pred, member_logits, activation, weight_all, training
         )
 
-        rows = ops.shape(cos)[0]
+        rows, units = ops.shape(cos)[0], cos.shape[1]
         active = ops.ones((rows,), "bool")
         if not self.both_directions:
             active = ops.arange(rows) < n
         if weight_all is not None:
             active = ops.logical_and(active, weight_all > 0)
         labelled = ops.logical_and(has_contrast, active)
-        supervised = ops.logical_and(labelled, valid)
-        skipped = ops.logical_and(labelled, ops.logical_not(valid))
-        point_weight = ops.cast(supervised, cos.dtype)
+        supervised = ops.logical_and(labelled[:, None], valid)  # (rows, units)
+        unit_weight = ops.cast(supervised, cos.dtype)
         if weight_all is not None:
-            point_weight = point_weight * ops.cast(weight_all, cos.dtype)
-        local_sum = ops.sum(point_weight * (1.0 - cos))
-        local_count = ops.sum(point_weight)
+            unit_weight = unit_weight * ops.cast(weight_all, cos.dtype)[:, None]
+        local_sum = ops.sum(unit_weight * (1.0 - cos))
+        local_count = ops.sum(unit_weight)
         global_count = _global_sum(local_count)
         # Normalised by the global count so that summing replicas' gradients
         # gives the global mean; safe when no point is supervised.
         gs_loss = local_sum / ops.where(global_count > 0, global_count, 1.0)
-        total = ops.cast(main_loss, gs_loss.dtype) + self.gs_weight * gs_loss
+        main_objective = ops.cast(main_objective, gs_loss.dtype)
+        # An ensemble's members each add their own GS loss: `units` times the mean.
+        total = main_objective + self.gs_weight * units * gs_loss
+        reported = ops.cast(main_loss, gs_loss.dtype) + self.gs_weight * gs_loss
 
+        any_valid = ops.any(valid, axis=1)
+        valid_units = ops.cast(valid, cos.dtype)
+        valid_count = ops.sum(valid_units, axis=1)
+        point_cos = ops.sum(valid_units * cos, axis=1) / ops.maximum(valid_count, 1.0)
         safe_count = ops.where(local_count > 0, local_count, 1.0)
         both_correct, flipped = pair_metrics.pair_outcomes(logits[:n], logits[n:], y_i, y_j, task)
         stats = {
+            "loss": reported,
             "main_loss": main_loss,
             "gs_loss": (local_sum / safe_count, local_count),
-            "gs_cosine": (ops.sum(point_weight * cos) / safe_count, local_count),
-            "gs_supervised": ops.cast(supervised, "float32"),
-            "gs_cosine_per_point": cos,
-            "gs_skipped": ops.sum(ops.cast(skipped, "float32")),
+            "gs_cosine": (ops.sum(unit_weight * cos) / safe_count, local_count),
+            "gs_supervised": ops.cast(ops.logical_and(labelled, any_valid), "float32"),
+            "gs_cosine_per_point": point_cos,
+            "gs_skipped": ops.sum(
+                ops.cast(ops.logical_and(labelled, ops.logical_not(any_valid)), "float32")
+            ),
             "pair_accuracy": ops.cast(both_correct, "float32"),
             "flip_rate": ops.cast(flipped, "float32"),
             "x": x_all,
@@ -503,11 +622,13 @@ class GradientSupervisionModel(keras.Model):
 
     # === Steps ===
 
-    def _update_trackers(self, total, stats):
+    def _update_trackers(self, stats):
         from keras.src.losses.loss import unscale_loss_for_distribution
 
         batch = ops.shape(stats["y_pred"])[0]
-        self._loss_tracker.update_state(unscale_loss_for_distribution(total), sample_weight=batch)
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(stats["loss"]), sample_weight=batch
+        )
         self.main_loss_tracker.update_state(
             unscale_loss_for_distribution(stats["main_loss"]), sample_weight=batch
         )
@@ -547,19 +668,20 @@ class GradientSupervisionModel(keras.Model):
                 "Paired labels need paired inputs: x must be "
                 f"{{'{ORIGINAL}': x_i, '{COUNTERFACTUAL}': x_j}}; received {x!r}."
             )
-        logits, activation = self._logits(self._encode(x, training), training=training)
+        logits, activation, member_logits = self._forward(self._encode(x, training), training)
         y_pred = self._activate(logits, activation)
-        loss = self._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        objective, loss = self._main_loss(
+            x, y, y_pred, member_logits, activation, sample_weight, training
         )
         stats = {
+            "loss": loss,
             "main_loss": loss,
             "x": x,
             "y": y,
             "y_pred": y_pred,
             "sample_weight": sample_weight,
         }
-        return loss, stats
+        return objective, stats
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -569,12 +691,12 @@ class GradientSupervisionModel(keras.Model):
         variables = self.trainable_weights
         gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
         self.optimizer.apply(gradients, variables)
-        return self._update_trackers(total, stats)
+        return self._update_trackers(stats)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         total, stats = self._step_losses(x, y, sample_weight, training=False)
-        return self._update_trackers(total, stats)
+        return self._update_trackers(stats)
 
     # === Keras plumbing ===
 
@@ -641,6 +763,7 @@ class GradientSupervisionModel(keras.Model):
                 "both_directions": self.both_directions,
                 "stop_target_gradient": self.stop_target_gradient,
                 "min_relative_distance": self.min_relative_distance,
+                "members_layer": self.members_layer,
             }
         )
         return config
@@ -648,7 +771,7 @@ class GradientSupervisionModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for key in ("model", "encoder", "head"):
+        for key in ("model", "encoder", "head"):  # not member_head: derived
             if config.get(key) is not None:
                 # A copy: Keras's functional deserialization empties the dict it reads.
                 config[key] = keras.saving.deserialize_keras_object(

@@ -229,39 +229,89 @@ def test_keras_file_and_json_config_round_trip(tmp_path):
 # === With gradient supervision ===
 
 
-def test_gradient_supervision_on_the_ensemble_is_the_joint_cosine():
+def _gs_pairs(seed=4, n=6):
+    rng = np.random.default_rng(seed)
+    x_i = rng.normal(size=(n, 3)).astype("float32")
+    x_j = rng.normal(size=(n, 3)).astype("float32")
+    y_i = (np.arange(n) % 2).astype("float32")
+    return cfkeras.Pairs(x_i, x_j, y_i, 1 - y_i)
+
+
+def test_gradient_supervision_on_the_ensemble_is_per_member():
     # Member k: h_k = hidden_k(x), logit f_k = w_k . h_k + b_k; the GS space
-    # stacks the h_k. The GS cosine of a point is that of the concatenations
-    # g = s [w_1, ..., w_N] / N and [Δh_1, ..., Δh_N] (see StackedEnsemble).
+    # stacks the h_k. Each member gets its own cosine cos(s w_k, Δh_k).
     members = [dense_member(seed=k, inputs=3, hidden=4) for k in range(2)]
     ensemble = StackedEnsemble(members, gs_layer="hidden")
     gs = cfkeras.GradientSupervisionModel(ensemble, gs_layer=GS_SPACE, gs_weight=1.0)
+    assert gs.members_layer == "ensemble_member_logits"
     gs.compile(optimizer="sgd", loss="binary_crossentropy")
-    rng = np.random.default_rng(4)
-    x_i = rng.normal(size=(6, 3)).astype("float32")
-    x_j = rng.normal(size=(6, 3)).astype("float32")
-    y_i = np.array([0, 1, 0, 1, 0, 1], "float32")
-    pairs = cfkeras.Pairs(x_i, x_j, y_i, 1 - y_i)
+    pairs = _gs_pairs()
     x, y = next(iter(pairs.to_dataset(batch_size=6, shuffle=False)))
-    _, stats = gs.compute_pair_losses(x, y)
+    total, stats = gs.compute_pair_losses(x, y)
 
     hidden = [keras.Model(m.input, m.get_layer("hidden").output) for m in ensemble.members]
     w = [m.get_layer("output").get_weights()[0][:, 0] for m in ensemble.members]
-    origin = np.concatenate([x_i, x_j])
-    target = np.concatenate([x_j, x_i])
+    y_i = pairs.label
+    origin = np.concatenate([pairs.original, pairs.counterfactual])
+    target = np.concatenate([pairs.counterfactual, pairs.original])
     sign = np.concatenate([(1 - y_i) - y_i, y_i - (1 - y_i)])
-    joint, per_member = [], []
+    cosines = np.zeros((12, 2))
     for r in range(12):
-        g = [sign[r] * wk / 2 for wk in w]
-        d = [np.asarray(h(target[r : r + 1]) - h(origin[r : r + 1]))[0] for h in hidden]
-        g_all, d_all = np.concatenate(g), np.concatenate(d)
-        joint.append(g_all @ d_all / np.linalg.norm(g_all) / np.linalg.norm(d_all))
-        per_member.append(
-            np.mean([gk @ dk / np.linalg.norm(gk) / np.linalg.norm(dk) for gk, dk in zip(g, d)])
-        )
-    np.testing.assert_allclose(stats["gs_cosine_per_point"], joint, rtol=1e-4, atol=1e-6)
-    # ... which is not the mean of the members' own cosines.
-    assert np.max(np.abs(np.array(joint) - np.array(per_member))) > 1e-2
+        for k in range(2):
+            d = np.asarray(hidden[k](target[r : r + 1]) - hidden[k](origin[r : r + 1]))[0]
+            g = sign[r] * w[k]
+            cosines[r, k] = g @ d / np.linalg.norm(g) / np.linalg.norm(d)
+    np.testing.assert_allclose(stats["gs_cosine_per_point"], cosines.mean(1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["gs_loss"][0], np.mean(1 - cosines), rtol=1e-5)
+    # The objective sums the members' own losses; the reported loss is their mean.
+    member_main = []
+    labels = np.concatenate([y_i, 1 - y_i])
+    for m in ensemble.members:
+        p = np.clip(sigmoid(np.asarray(m(origin))[:, 0]), 1e-7, 1 - 1e-7)
+        member_main.append(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    np.testing.assert_allclose(stats["main_loss"], np.mean(member_main), rtol=1e-5)
+    expected_total = np.sum(member_main) + np.sum(1 - cosines.mean(0))
+    np.testing.assert_allclose(total, expected_total, rtol=1e-5)
+
+
+def test_gradient_supervision_trains_each_member_exactly_as_if_alone():
+    members = [dense_member(seed=k, inputs=3, hidden=4) for k in range(3)]
+    initial = [m.get_weights() for m in members]
+    pairs = _gs_pairs(seed=7, n=16)
+    ensemble = StackedEnsemble(members, gs_layer="hidden")
+    gs = cfkeras.GradientSupervisionModel(ensemble, gs_layer=GS_SPACE, gs_weight=2.0)
+    gs.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    gs.fit(pairs.to_dataset(batch_size=8, shuffle=False), epochs=2, verbose=0)
+    for k, weights in enumerate(initial):
+        alone = dense_member(inputs=3, hidden=4)
+        alone.set_weights(weights)
+        alone_gs = cfkeras.GradientSupervisionModel(alone, gs_layer="hidden", gs_weight=2.0)
+        alone_gs.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+        alone_gs.fit(pairs.to_dataset(batch_size=8, shuffle=False), epochs=2, verbose=0)
+        for trained, reference in zip(ensemble.members[k].get_weights(), alone.get_weights()):
+            np.testing.assert_allclose(trained, reference, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(ensemble.members[k].get_weights()[0], weights[0])
+
+
+def test_unpaired_fit_through_gradient_supervision_trains_each_member_alone():
+    # The augmentation baseline runs through the same trainer on unpaired data.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    members = [dense_member(seed=k, inputs=3, hidden=4) for k in range(2)]
+    initial = [m.get_weights() for m in members]
+    gs = cfkeras.GradientSupervisionModel(
+        StackedEnsemble(members, gs_layer="hidden"), gs_layer=GS_SPACE
+    )
+    gs.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy")
+    gs.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for k, weights in enumerate(initial):
+        alone = dense_member(inputs=3, hidden=4)
+        alone.set_weights(weights)
+        alone.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy")
+        alone.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        for trained, reference in zip(gs.model.members[k].get_weights(), alone.get_weights()):
+            np.testing.assert_allclose(trained, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_supervision_fit_trains_every_member_and_round_trips(tmp_path):
