@@ -1,6 +1,6 @@
 """cfkeras: learning from counterfactual examples with Keras 3 and TensorFlow."""
 
-from cfkeras import callbacks, layers, losses, metrics, models, pairs
+from cfkeras import callbacks, export, layers, losses, metrics, models, pairs
 from cfkeras.models import GradientSupervisionModel
 from cfkeras.pairs import Pairs
 
@@ -11,6 +11,7 @@ __all__ = [
     "Pairs",
     "__version__",
     "callbacks",
+    "export",
     "layers",
     "losses",
     "metrics",

@@ -355,6 +355,10 @@ class Pairs:
         randomness = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         dataset = tf.data.Dataset.zip(matched, randomness).map(orient)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        # flat_map hides the length from Keras, which would warn that the
+        # data ran out at the end of every first epoch.
+        batches = half // batch_size if drop_remainder else -(-half // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
         return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
