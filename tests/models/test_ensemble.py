@@ -354,3 +354,23 @@ def test_fit_applies_dense_embedding_gradients():
     x = np.random.default_rng(6).integers(1, 30, size=(16, 5))
     ensemble.fit(x, np.arange(16) % 2, batch_size=8, epochs=1, verbose=0)
     assert seen and "IndexedSlices" not in seen, seen
+
+
+def test_members_layer_resolution_and_errors():
+    members = [dense_member(seed=k, inputs=3, hidden=4) for k in range(2)]
+    ensemble = StackedEnsemble(members, gs_layer="hidden")
+    # "auto" needs a GS layer: on the raw inputs, a member-free GS model.
+    assert cfkeras.GradientSupervisionModel(ensemble).members_layer is None
+    explicit = cfkeras.GradientSupervisionModel(
+        ensemble, gs_layer=GS_SPACE, members_layer="ensemble_member_logits"
+    )
+    config = json.loads(json.dumps(explicit.get_config()))
+    assert config["members_layer"] == "ensemble_member_logits"
+    with pytest.raises(ValueError, match="needs `model` and `gs_layer`"):
+        cfkeras.GradientSupervisionModel(ensemble, members_layer="ensemble_member_logits")
+    with pytest.raises(ValueError, match="per_label"):
+        cfkeras.GradientSupervisionModel(ensemble, gs_layer=GS_SPACE, multi_label_mode="per_label")
+    with pytest.raises(ValueError, match=r"\(batch, members, classes\)"):
+        cfkeras.GradientSupervisionModel(
+            ensemble, gs_layer=GS_SPACE, members_layer="ensemble_logits"
+        )
