@@ -31,6 +31,7 @@ TensorBoard logs per run under `--log-dir`.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -94,7 +95,10 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default=None, help="suffix of the result files")
     parser.add_argument("--log-dir", default=None, help="TensorBoard logs (one folder a run)")
     parser.add_argument("--export", default=None, help="export the best gs ensemble here")
-    parser.add_argument("--verbose", type=int, default=2)
+    parser.add_argument("--verbose", type=int, default=1, help="Keras verbosity (1: progress bars)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use the first N pairs of each split (smoke tests)"
+    )
     return parser.parse_args(argv)
 
 
@@ -105,6 +109,11 @@ def load_data(args):
     splits = {}
     for split in ("train", "dev", "test"):
         data = load_imdb_pairs(split, data_dir=args.data_dir)
+        if args.limit:
+            data = dataclasses.replace(
+                data,
+                **{f.name: getattr(data, f.name)[: args.limit] for f in dataclasses.fields(data)},
+            )
         splits[split] = data
     vectorize = keras.layers.TextVectorization(
         max_tokens=args.vocabulary_size, output_sequence_length=args.sequence_length
@@ -124,6 +133,7 @@ def load_data(args):
     if args.ood_dir:
         for name in OOD:
             texts, labels = load_ood_sentiment(name, data_dir=args.ood_dir)
+            texts, labels = texts[: args.limit], labels[: args.limit]
             ood[name] = (vectorize(texts), labels.astype("float32"))
     return vectorize, tokens, ood
 
