@@ -17,7 +17,6 @@ back byte for byte. The first row of a batch_id is the original review, the
 next row its counterfactual edit.
 """
 
-import csv
 import dataclasses
 import gzip
 import os
@@ -26,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from cfkeras.datasets._tsv import read_records
 
 UPSTREAM_COMMIT = "6f232a1d2a11462a30ce08fb4825b734ab30828e"
 UPSTREAM_URL = (
@@ -48,7 +49,6 @@ CLASS_NAMES = ("Negative", "Positive")
 _SPLIT_ALIASES = {"validation": "dev"}
 _SOURCES = ("auto", "download")
 _HEADER = ["Sentiment", "Text", "batch_id"]
-_HEADER_LINE = "\t".join(_HEADER)
 _PAIRED_DIR = ("sentiment", "combined", "paired")
 _BATCH_ID = re.compile(r"-?[0-9]+")
 
@@ -206,37 +206,16 @@ def _parse_paired_tsv(f, name):
 
     `name` identifies the file in error messages.
     """
-    reader = csv.reader(f, delimiter="\t", strict=True)
     rows = []  # (first line, batch_id, label, text), in file order.
-    try:
-        header = next(reader, None)
-        if header != _HEADER:
-            got = "an empty file" if header is None else repr("\t".join(header))
-            raise ValueError(f"{name}: line 1: expected the header {_HEADER_LINE!r}, got {got}.")
-        end = reader.line_num
-        for row in reader:
-            # A quoted text may span lines: report the row's first line.
-            line, end = end + 1, reader.line_num
-            if len(row) != 3:
-                raise ValueError(
-                    f"{name}: line {line}: expected 3 tab-separated columns "
-                    f"(Sentiment, Text, batch_id), got {len(row)}."
-                )
-            label, text, batch_id = row
-            if not _BATCH_ID.fullmatch(batch_id):
-                raise ValueError(f"{name}: line {line}: batch_id {batch_id!r} is not an integer.")
-            if label not in CLASS_NAMES:
-                raise ValueError(
-                    f"{name}: line {line} (batch_id {batch_id}): label {label!r} "
-                    f"is not one of {CLASS_NAMES}."
-                )
-            rows.append((line, int(batch_id), CLASS_NAMES.index(label), text))
-    except csv.Error as e:
-        raise ValueError(f"{name}: line {reader.line_num}: malformed TSV: {e}.") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: not valid UTF-8 after line {reader.line_num}: {e}.") from e
-    if not rows:
-        raise ValueError(f"{name}: contains no pairs.")
+    for line, (label, text, batch_id) in read_records(f, name, _HEADER, noun="pairs"):
+        if not _BATCH_ID.fullmatch(batch_id):
+            raise ValueError(f"{name}: line {line}: batch_id {batch_id!r} is not an integer.")
+        if label not in CLASS_NAMES:
+            raise ValueError(
+                f"{name}: line {line} (batch_id {batch_id}): label {label!r} "
+                f"is not one of {CLASS_NAMES}."
+            )
+        rows.append((line, int(batch_id), CLASS_NAMES.index(label), text))
 
     groups = {}  # batch_id -> indices into rows, in file order.
     for i, row in enumerate(rows):

@@ -14,13 +14,13 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cfkeras.datasets import imdb_cad
+from cfkeras.datasets import _sources, imdb_cad
 
 # Size in bytes of the upstream files at `imdb_cad.UPSTREAM_COMMIT`.
 SIZES = {"train": 3179425, "dev": 466175, "test": 907811}
 # TFDS split name -> upstream split name.
 SPLITS = {"train": "train", "validation": "dev", "test": "test"}
-SOURCES = ("auto", "download")
+SOURCES = _sources.SOURCES
 
 _CITATION = """\
 @inproceedings{kaushik2020learning,
@@ -86,12 +86,7 @@ class ImdbCounterfactualPairs(tfds.core.GeneratorBasedBuilder):
     }
 
     def __init__(self, *, cad_dir=None, source="auto", **kwargs):
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}; received {source!r}.")
-        if source == "download" and cad_dir is not None:
-            raise ValueError("Pass `cad_dir` with source='auto' only.")
-        self.cad_dir = None if cad_dir is None else os.fspath(cad_dir)
-        self.source = source
+        self.cad_dir, self.source = _sources.builder_source(cad_dir, source)
         super().__init__(**kwargs)
 
     def _info(self):

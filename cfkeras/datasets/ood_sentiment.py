@@ -13,12 +13,12 @@ File format: UTF-8, tab-separated, header `Sentiment<TAB>Text`, labels
 is read with `csv.reader(delimiter="\\t")` and default quoting.
 """
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
+from cfkeras.datasets._tsv import read_records
 from cfkeras.datasets.imdb_cad import CLASS_NAMES
 
 OOD_DATASETS = ("amazon", "twitter", "yelp")
@@ -26,7 +26,6 @@ OOD_DATASETS = ("amazon", "twitter", "yelp")
 OOD_DIR_ENV = "CFKERAS_OOD_DIR"
 
 _HEADER = ["Sentiment", "Text"]
-_HEADER_LINE = "\t".join(_HEADER)
 
 
 def load_ood_sentiment(name, data_dir=None):
@@ -76,39 +75,11 @@ def load_ood_sentiment(name, data_dir=None):
 
 def _parse(f, name):
     """Parses a `Sentiment<TAB>Text` stream (opened with `newline=""`)."""
-    reader = csv.reader(f, delimiter="\t", strict=True)
     texts, labels = [], []
-    try:
-        header = next(reader, None)
-        if header != _HEADER:
-            got = "an empty file" if header is None else repr("\t".join(header))
-            raise ValueError(f"{name}: line 1: expected the header {_HEADER_LINE!r}, got {got}.")
-        for row in reader:
-            line = len(texts) + 2
-            # One record a line: a stray quote would otherwise swallow the
-            # lines up to the next quote into one text, silently.
-            if reader.line_num != line:
-                raise ValueError(
-                    f"{name}: the record starting on line {line} spans lines {line}-"
-                    f"{reader.line_num}; every record must be on one line (an unbalanced "
-                    'quote `"`?).'
-                )
-            if len(row) != 2:
-                raise ValueError(
-                    f"{name}: line {line}: expected 2 tab-separated fields (Sentiment, Text), "
-                    f"got {len(row)}."
-                )
-            label, text = row
-            if label not in CLASS_NAMES:
-                raise ValueError(
-                    f"{name}: line {line}: label {label!r} is not one of {CLASS_NAMES}."
-                )
-            labels.append(CLASS_NAMES.index(label))
-            texts.append(text)
-    except csv.Error as e:
-        raise ValueError(f"{name}: line {reader.line_num}: malformed TSV: {e}.") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: not valid UTF-8 after line {reader.line_num}: {e}.") from e
-    if not texts:
-        raise ValueError(f"{name}: contains no records.")
+    records = read_records(f, name, _HEADER, noun="records", fields="fields", one_line=True)
+    for line, (label, text) in records:
+        if label not in CLASS_NAMES:
+            raise ValueError(f"{name}: line {line}: label {label!r} is not one of {CLASS_NAMES}.")
+        labels.append(CLASS_NAMES.index(label))
+        texts.append(text)
     return np.array(texts, dtype=object), np.array(labels, dtype=np.int32)

@@ -20,7 +20,6 @@ with the original and is not read.) Which sentence an edit changed is read
 from which sentence differs from the original's, character for character.
 """
 
-import csv
 import dataclasses
 import gzip
 import os
@@ -28,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from cfkeras.datasets._tsv import read_records
 
 UPSTREAM_COMMIT = "6f232a1d2a11462a30ce08fb4825b734ab30828e"
 UPSTREAM_URL = (
@@ -63,7 +64,6 @@ EDITS_PER_GROUP = 4
 _SPLIT_ALIASES = {"validation": "dev"}
 _SOURCES = ("auto", "download")
 _HEADER = ["sentence1", "sentence2", "gold_label"]
-_HEADER_LINE = "\t".join(_HEADER)
 _NLI_DIR = "NLI"
 
 
@@ -371,35 +371,15 @@ def _parse_tsv(f, name):
     Returns a list of `(line, premise, hypothesis, label)`; `name`
     identifies the file in error messages.
     """
-    reader = csv.reader(f, delimiter="\t", strict=True)
     rows = []
-    try:
-        header = next(reader, None)
-        if header != _HEADER:
-            got = "an empty file" if header is None else repr("\t".join(header))
-            raise ValueError(f"{name}: line 1: expected the header {_HEADER_LINE!r}, got {got}.")
-        end = reader.line_num
-        for row in reader:
-            # A quoted text may span lines: report the row's first line.
-            line, end = end + 1, reader.line_num
-            if len(row) != 3:
-                raise ValueError(
-                    f"{name}: line {line} (row {len(rows)}): expected 3 tab-separated "
-                    f"columns (sentence1, sentence2, gold_label), got {len(row)}."
-                )
-            premise, hypothesis, label = row
-            if label not in CLASS_NAMES:
-                raise ValueError(
-                    f"{name}: line {line} (row {len(rows)}): label {label!r} is not one "
-                    f"of {CLASS_NAMES}."
-                )
-            rows.append((line, premise, hypothesis, CLASS_NAMES.index(label)))
-    except csv.Error as e:
-        raise ValueError(f"{name}: line {reader.line_num}: malformed TSV: {e}.") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: not valid UTF-8 after line {reader.line_num}: {e}.") from e
-    if not rows:
-        raise ValueError(f"{name}: contains no rows.")
+    records = read_records(f, name, _HEADER, noun="rows", row_numbers=True)
+    for line, (premise, hypothesis, label) in records:
+        if label not in CLASS_NAMES:
+            raise ValueError(
+                f"{name}: line {line} (row {len(rows)}): label {label!r} is not one "
+                f"of {CLASS_NAMES}."
+            )
+        rows.append((line, premise, hypothesis, CLASS_NAMES.index(label)))
     return rows
 
 

@@ -9,12 +9,10 @@ copy packaged with cfkeras (no network); or, with `source="download"`, the
 pinned upstream files, checked against their registered SHA-256.
 """
 
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cfkeras.datasets import snli_cad
+from cfkeras.datasets import _sources, snli_cad
 
 # Size in bytes of the upstream files at `snli_cad.UPSTREAM_COMMIT`.
 SIZES = {
@@ -27,7 +25,7 @@ SIZES = {
 }
 # TFDS split name -> upstream split name.
 SPLITS = {"train": "train", "validation": "dev", "test": "test"}
-SOURCES = ("auto", "download")
+SOURCES = _sources.SOURCES
 
 _CITATION = """\
 @inproceedings{kaushik2020learning,
@@ -101,12 +99,7 @@ class SnliCounterfactualGroups(tfds.core.GeneratorBasedBuilder):
     }
 
     def __init__(self, *, cad_dir=None, source="auto", **kwargs):
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}; received {source!r}.")
-        if source == "download" and cad_dir is not None:
-            raise ValueError("Pass `cad_dir` with source='auto' only.")
-        self.cad_dir = None if cad_dir is None else os.fspath(cad_dir)
-        self.source = source
+        self.cad_dir, self.source = _sources.builder_source(cad_dir, source)
         super().__init__(**kwargs)
 
     def _info(self):
