@@ -39,7 +39,9 @@ def parse_args():
     parser.add_argument("--sequence-length", type=int, default=400)
     parser.add_argument("--vocabulary-size", type=int, default=20000)
     parser.add_argument("--gs-weight", type=float, default=20.0, help="λ (the paper: 20)")
-    parser.add_argument("--learning-rate", type=float, default=1.0, help="AdaDelta rate")
+    parser.add_argument(
+        "--learning-rate", type=float, default=8.0, help="Adadelta rate (tuned on validation)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="upstream CAD root; default: packaged")
     parser.add_argument("--log-dir", default=None, help="write TensorBoard logs here")
