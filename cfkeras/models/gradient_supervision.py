@@ -174,7 +174,8 @@ class GradientSupervisionModel(keras.Model):
 
     Data: `fit` and `evaluate` take pairs, `({"original": x_i,
     "counterfactual": x_j}, {"original": y_i, "counterfactual": y_j})` with an
-    optional per-pair sample weight (see `cfkeras.pairs`). They also take
+    optional sample weight per pair or per member (see `cfkeras.pairs`). They
+    also take
     ordinary unpaired data (an out-of-domain test set; the augmentation
     baseline trained through the very same step): then only the main loss
     and the compiled metrics are computed. `predict` on single inputs returns
@@ -521,7 +522,10 @@ class GradientSupervisionModel(keras.Model):
         Args:
             x: a pair of inputs `{"original": x_i, "counterfactual": x_j}`.
             y: a pair of labels, same keys.
-            sample_weight: optional weight per pair.
+            sample_weight: optional weight per pair, or a pair of per-member
+                weights `{"original": w_i, "counterfactual": w_j}`; each row
+                is weighted by its member's weight in the main loss and in
+                its GS term, and pair metrics by the mean of the two.
             training: run the layers in training mode.
 
         Returns:
@@ -546,17 +550,21 @@ class GradientSupervisionModel(keras.Model):
         y_i, y_j = y[ORIGINAL], y[COUNTERFACTUAL]
         _check_members(x_i, x_j, "inputs")
         _check_members(y_i, y_j, "labels")
-        if is_pair(sample_weight):
-            raise ValueError(
-                "sample_weight is one weight per pair (applied to both members), not a pair."
-            )
         n = ops.shape(keras.tree.flatten(x_i)[0])[0]
         x_all = _concat(x_i, x_j)
         y_all = ops.concatenate([y_i, y_j], axis=0)
         weight_all = None
         if sample_weight is not None:
-            sample_weight = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
-            weight_all = ops.concatenate([sample_weight, sample_weight], axis=0)
+            # One weight per pair, or a pair of per-member weights: each row
+            # of [x_i; x_j] is weighted by its member's weight, in the main
+            # loss and in its GS term.
+            if is_pair(sample_weight):
+                w_i, w_j = sample_weight[ORIGINAL], sample_weight[COUNTERFACTUAL]
+            else:
+                w_i = w_j = sample_weight
+            flat = lambda w: ops.cast(ops.reshape(w, (-1,)), "float32")
+            weight_all = ops.concatenate([flat(w_i), flat(w_j)], axis=0)
+            sample_weight = (weight_all[:n] + weight_all[n:]) / 2.0  # a pair's weight
 
         h = self._encode(x_all, training)
         if isinstance(h, (list, tuple, dict)):
