@@ -202,17 +202,19 @@ def _relative(a, b):
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def directional_errors(common, kind, weights, batch, gradients, seed=0, step=1e-5):
+def directional_errors(
+    common, kind, weights, batch, gradients, seed=0, step=1e-5, directions=("own", "random")
+):
     """Gradients against central differences of `common.numpy_losses` (float64).
 
-    For each parameter tensor and two unit directions `v` (the gradient's own
-    direction and a random one): `|<g, v> - dL/dv|`, where `dL/dv` is a
+    For each parameter tensor and unit directions `v` (`"own"`: the gradient's
+    own direction; `"random"`): `|<g, v> - dL/dv|`, where `dL/dv` is a
     central difference of `main + LAM * GS` in float64. ReLU kinks make the GS
     loss jump (its input gradient depends on the ReLU pattern): a difference is
     accepted when the steps `h` and `h / 2` agree, else retried smaller.
 
     Returns:
-        `{name: max absolute error over the two directions}`; divide by the
+        `{name: max absolute error over the directions}`; divide by the
         tensor's gradient norm, or by the whole gradient's, for a relative error.
     """
     rng = np.random.default_rng(seed)
@@ -231,8 +233,9 @@ def directional_errors(common, kind, weights, batch, gradients, seed=0, step=1e-
             errors[name] = 0.0
             continue
         random = rng.standard_normal(g.shape)
+        units = {"own": g / norm, "random": random / np.linalg.norm(random)}
         worst = 0.0
-        for v in (g / norm, random / np.linalg.norm(random)):
+        for v in (units[d] for d in directions):
             h = step
             for _ in range(6):
                 coarse, fine = central(name, v, h), central(name, v, h / 2)
@@ -244,16 +247,17 @@ def directional_errors(common, kind, weights, batch, gradients, seed=0, step=1e-
     return errors
 
 
-def check(common, cfg, fd=True):
+def check(common, cfg, fd=True, fd_directions=("own", "random")):
     """cfkeras against the float64 reference on one config (weights before any update).
 
     Returns a dict: cfkeras's `main`, `gs` and `gradients`, the reference's
     `ref_main` and `ref_gs` and the relative errors `main_rel`, `gs_rel`;
     `eps_effect_rel`, how much common's EPS changes its GS (cfkeras has none);
     `contrast_ok` (cfkeras's contrast is common's `sign * onehot`),
-    `supervised` of `rows`; with `fd`, the gradients' errors against central
-    differences of the reference, `grad_fd_tensor` (relative to each tensor's
-    gradient norm) and `grad_fd_model` (relative to the whole gradient's norm).
+    `supervised` of `rows`, `relu_ties` (see `relu_ties`); with `fd`, the
+    gradients' errors against central differences of the reference,
+    `grad_fd_tensor` (relative to each tensor's gradient norm) and
+    `grad_fd_model` (relative to the whole gradient's norm).
     """
     kind, n_pairs = common.CONFIGS[cfg]
     weights = common.make_weights(kind)
@@ -274,10 +278,13 @@ def check(common, cfg, fd=True):
         gs_rel=_relative(result["gs"], ref_gs),
         eps_effect_rel=_relative(ref_gs_no_eps, ref_gs),
         contrast_ok=contrast_reduces_to_common(common, batch),
+        relu_ties=relu_ties(gs.model, kind, weights, batch),
     )
     if fd:
         gradients = result["gradients"]
-        errors = directional_errors(common, kind, weights, batch, gradients)
+        errors = directional_errors(
+            common, kind, weights, batch, gradients, directions=fd_directions
+        )
         total_norm = float(
             np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in gradients.values()))
         )
@@ -289,8 +296,52 @@ def check(common, cfg, fd=True):
     return result
 
 
-def compare_gradients(ours, theirs):
+def relu_ties(model, kind, weights, batch):
+    """Hidden ReLU units that are on in float64 and off in cfkeras's float32, or vice versa.
+
+    The GS loss depends on the ReLU pattern (the input gradient does), so a
+    pre-activation within float32 rounding of 0 switches whole gradient
+    entries between frameworks that sum in different orders. Returns
+    `[(layer, unit, row, float64 value, float32 value)]`: one entry per unit,
+    at its row of smallest float64 magnitude among the rows that differ.
+    """
+    from keras import ops
+
+    if kind not in MLP_KINDS:
+        return []
+    ties = []
+    h64, h32 = batch["x"].astype(np.float64), ops.convert_to_tensor(batch["x"])
+    n_layers = len([name for name in weights if name.startswith("W")])
+    for k in range(n_layers - 1):
+        layer = model.get_layer(f"dense_{k}")
+        z64 = h64 @ weights[f"W{k}"].astype(np.float64) + weights[f"b{k}"].astype(np.float64)
+        z32 = ops.add(ops.matmul(h32, layer.kernel), layer.bias)  # as Dense computes it
+        z32_np = np.asarray(z32)
+        differs = (z64 > 0) != (z32_np > 0)
+        for unit in np.flatnonzero(differs.any(axis=0)):
+            rows = np.flatnonzero(differs[:, unit])
+            row = rows[np.argmin(np.abs(z64[rows, unit]))]
+            ties.append((k, int(unit), int(row), float(z64[row, unit]), float(z32_np[row, unit])))
+        h64, h32 = np.maximum(z64, 0.0), ops.relu(z32)
+    return ties
+
+
+def tie_mask(gradients, ties):
+    """`{name: bool array}`: the gradient entries that a tied unit switches."""
+    mask = {name: np.zeros(g.shape, bool) for name, g in gradients.items()}
+    for layer, unit, *_ in ties:
+        mask[f"W{layer}"][:, unit] = True
+        mask[f"b{layer}"][unit] = True
+        mask[f"W{layer + 1}"][unit, :] = True
+    return mask
+
+
+def compare_gradients(ours, theirs, exclude=None):
     """Gradient disagreement, per tensor and relative to the model's gradient scale.
+
+    Args:
+        ours, theirs: `{name: array}`.
+        exclude: optional `{name: bool array}` of entries left out (`tie_mask`).
 
     Returns:
         `(per_tensor, per_model)`: `{name: max |a - b| / max |b|}` (relative to
@@ -300,7 +351,12 @@ def compare_gradients(ours, theirs):
     """
     names = [name for name in ours if name in theirs]
     scale = max(float(np.max(np.abs(theirs[name]))) for name in names)
-    diff = {name: float(np.max(np.abs(ours[name] - theirs[name]))) for name in names}
+    diff = {}
+    for name in names:
+        d = np.abs(ours[name] - theirs[name])
+        if exclude is not None:
+            d = np.where(exclude[name], 0.0, d)
+        diff[name] = float(np.max(d))
     per_tensor = {
         name: diff[name] / max(float(np.max(np.abs(theirs[name]))), 1e-30) for name in names
     }

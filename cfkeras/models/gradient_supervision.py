@@ -579,6 +579,10 @@ class GradientSupervisionModel(keras.Model):
             x_all, y_all, y_pred, member_logits, activation, weight_all, training
         )
 
+        if self.gs_weight == 0:
+            # The GS statistics are still reported, but not differentiated:
+            # no second-order backward pass when the term does not count.
+            cos = ops.stop_gradient(cos)
         rows, units = ops.shape(cos)[0], cos.shape[1]
         active = ops.ones((rows,), "bool")
         if not self.both_directions:
