@@ -97,6 +97,9 @@ def parse_args(argv=None):
     parser.add_argument("--export", default=None, help="export the best gs ensemble here")
     parser.add_argument("--verbose", type=int, default=1, help="Keras verbosity (1: progress bars)")
     parser.add_argument(
+        "--replot", default=None, help="re-render the .md and .png of a result .json, no training"
+    )
+    parser.add_argument(
         "--limit", type=int, default=None, help="use the first N pairs of each split (smoke tests)"
     )
     return parser.parse_args(argv)
@@ -288,7 +291,7 @@ def plot(report, path):
 
     rows = list(report["summary"])
     columns = [c for c in COLUMNS if any(c in report["summary"][r] for r in rows)]
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 5.2))
     width = 0.8 / len(rows)
     for k, row in enumerate(rows):
         cells = report["summary"][row]
@@ -306,14 +309,20 @@ def plot(report, path):
         f"IMDb (Teney et al. 2020, Table 3), length {report['args']['sequence_length']}: "
         "bars = cfkeras (mean ± std over seeds), black ticks = paper"
     )
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        path = Path(args.replot)
+        report = json.loads(path.read_text())
+        path.with_suffix(".md").write_text(markdown(report))
+        plot(report, path.with_suffix(".png"))
+        return
     start = time.perf_counter()
     vectorize, tokens, ood = load_data(args)
     vocabulary = vectorize.vocabulary_size()
