@@ -40,20 +40,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gs_setup  # noqa: E402
+from process_memory import status_kb  # noqa: E402
 
 KINDS = {"mlp": "mlp_small", "bow": "bow"}
 DEFAULT_WIDTHS = {"mlp": [32, 64, 128, 256, 512, 1024], "bow": [25, 50, 100, 200, 400]}
 BASE_WIDTH = {"mlp": 64, "bow": 50}
 BASE_BATCH = {"mlp": 256, "bow": 32}
 DEFAULT_BATCHES = [16, 32, 64, 128, 256, 512, 1024]
-
-
-def _status_kb(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def run_point(args):
@@ -73,7 +66,7 @@ def run_point(args):
         dataset = pairs.flatten(batch_size=2 * args.point_batch, seed=0)
     else:
         dataset = pairs.to_dataset(batch_size=args.point_batch, seed=0)
-    baseline = _status_kb("VmRSS")
+    baseline = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # peak RSS := current RSS
 
@@ -114,7 +107,7 @@ def run_point(args):
         "epoch_s_all": timer.times[1:],
         # CPU seconds of this process: wall >> cpu * threads means it waited for the CPU.
         "epoch_cpu_s": float(np.median(timer.cpu[1:])),
-        "peak_mb": (_status_kb("VmHWM") - baseline) / 1024,
+        "peak_mb": (status_kb("VmHWM") - baseline) / 1024,
         "final_loss": float(history.history["loss"][-1]),
         "params": int(model.count_params()),
     }

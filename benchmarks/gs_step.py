@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gs_setup  # noqa: E402
+from process_memory import reset_peak_rss, status_kb  # noqa: E402
 
 REPO = gs_setup.REPO
 CONFIGS = ("M1_B256", "M2_B32", "M2_B512", "M3_B512")
@@ -73,24 +74,6 @@ BUSY = 0.1  # cores used by other processes above which a window is not idle
 
 
 # === Worker: cfkeras in this process ===
-
-
-def _status_kb(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak_rss():
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _configure_threads(threads):
@@ -238,15 +221,15 @@ def worker(args):
         for mode in args.modes:
             for variant in args.variants:
                 if args.memory:
-                    baseline = _status_kb("VmRSS")
-                    reset = _reset_peak_rss()
+                    baseline = status_kb("VmRSS")
+                    reset = reset_peak_rss()
                     _run_variant(common, cfg, mode, variant, warmup=1)
                     record = {
                         "framework": "cfkeras",
                         "variant": variant,
                         "cfg": cfg,
                         "mode": mode,
-                        "peak_mb": (_status_kb("VmHWM") - baseline) / 1024,
+                        "peak_mb": (status_kb("VmHWM") - baseline) / 1024,
                         "baseline_mb": baseline / 1024,
                         "peak_reset": reset,
                     }

@@ -13,22 +13,8 @@ import json
 import os
 import sys
 
-
-def status_kb(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from process_memory import reset_peak_rss, status_kb  # noqa: E402
 
 
 def main():
@@ -51,7 +37,7 @@ def main():
     peer.C.n_steps_for = lambda cfg: args.steps  # memory only: a few timed steps
 
     baseline = status_kb("VmRSS")
-    reset = reset_peak()
+    reset = reset_peak_rss()
     gs = args.mode == "gs"
     if args.framework == "torch":
         peer.bench(args.cfg, args.variant, gs)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cfkeras.datasets import _sources
 from cfkeras.datasets._tsv import read_records
 
 UPSTREAM_COMMIT = "6f232a1d2a11462a30ce08fb4825b734ab30828e"
@@ -179,25 +180,12 @@ def load_imdb_pairs(split="train", data_dir=None, source="auto"):
 
 def _download(split, data_dir):
     """Downloads one pinned split with `keras.utils.get_file`; returns its path."""
-    import keras  # Only the download needs Keras (and TensorFlow).
-
-    if data_dir is None:
-        cache_dir, cache_subdir = (
-            None,
-            os.path.join("datasets", "counterfactually-augmented-data"),
-        )
-    else:
-        cache_dir, cache_subdir = os.fspath(data_dir), ""
-        # get_file silently falls back to /tmp/.keras for a directory that
-        # does not exist yet.
-        os.makedirs(cache_dir, exist_ok=True)
-    return keras.utils.get_file(
-        fname=f"{split}_paired.tsv",
-        origin=UPSTREAM_URL.format(commit=UPSTREAM_COMMIT, split=split),
-        file_hash=SHA256[split],
-        hash_algorithm="sha256",
-        cache_dir=cache_dir,
-        cache_subdir=os.path.join(cache_subdir, *_PAIRED_DIR),
+    return _sources.download_upstream(
+        f"{split}_paired.tsv",
+        UPSTREAM_URL.format(commit=UPSTREAM_COMMIT, split=split),
+        SHA256[split],
+        data_dir,
+        os.path.join(*_PAIRED_DIR),
     )
 
 

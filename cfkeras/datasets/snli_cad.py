@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cfkeras.datasets import _sources
 from cfkeras.datasets._tsv import read_records
 
 UPSTREAM_COMMIT = "6f232a1d2a11462a30ce08fb4825b734ab30828e"
@@ -343,25 +344,12 @@ def upstream_url(part, split):
 
 def _download(part, split, data_dir):
     """Downloads one pinned file with `keras.utils.get_file`; returns its path."""
-    import keras  # Only the download needs Keras (and TensorFlow).
-
-    if data_dir is None:
-        cache_dir, cache_subdir = (
-            None,
-            os.path.join("datasets", "counterfactually-augmented-data"),
-        )
-    else:
-        cache_dir, cache_subdir = os.fspath(data_dir), ""
-        # get_file silently falls back to /tmp/.keras for a directory that
-        # does not exist yet.
-        os.makedirs(cache_dir, exist_ok=True)
-    return keras.utils.get_file(
-        fname=f"{split}.tsv",
-        origin=upstream_url(part, split),
-        file_hash=SHA256[(part, split)],
-        hash_algorithm="sha256",
-        cache_dir=cache_dir,
-        cache_subdir=os.path.join(cache_subdir, _NLI_DIR, part),
+    return _sources.download_upstream(
+        f"{split}.tsv",
+        upstream_url(part, split),
+        SHA256[(part, split)],
+        data_dir,
+        os.path.join(_NLI_DIR, part),
     )
 
 
