@@ -315,6 +315,19 @@ def plot(report, path):
     plt.close(fig)
 
 
+def _report(args, argv, start, runs):
+    return {
+        "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+        "args": vars(args),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "paper": PAPER,
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
@@ -326,6 +339,10 @@ def main(argv=None):
     start = time.perf_counter()
     vectorize, tokens, ood = load_data(args)
     vocabulary = vectorize.vocabulary_size()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "imdb_table3" + (f"_{args.tag}" if args.tag else "")
+    partial = out / f"{stem}.partial.json"
     runs = {row: {} for row in args.rows}
     best = (-1.0, None)
     for seed in args.seeds:
@@ -336,22 +353,14 @@ def main(argv=None):
             runs[row][str(seed)] = result
             if row == "gs" and result["scores"]["validation"] > best[0]:
                 best = (result["scores"]["validation"], trainer)
-    report = {
-        "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
-        "args": vars(args),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "paper": PAPER,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "imdb_table3" + (f"_{args.tag}" if args.tag else "")
+            # Every finished run is kept: a run cut short leaves its results
+            # here (`--replot` renders them).
+            partial.write_text(json.dumps(_report(args, argv, start, runs), indent=2))
+    report = _report(args, argv, start, runs)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (out / f"{stem}.md").write_text(markdown(report))
     plot(report, out / f"{stem}.png")
+    partial.unlink()
     print(markdown(report))
     if args.export and best[1] is not None:
         from cfkeras.export import export_text_classifier

@@ -36,6 +36,7 @@ def test_reproduction_runs_every_row_on_a_subset(tmp_path, shared_dir):
         ]
     )  # fmt: skip
     report = json.loads((out / "imdb_table3_smoke.json").read_text())
+    assert not (out / "imdb_table3_smoke.partial.json").exists()  # only while running
     assert set(report["runs"]) == set(script.ROWS)
     for row, by_seed in report["runs"].items():
         assert set(by_seed) == {"0", "1"}
