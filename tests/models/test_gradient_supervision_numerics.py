@@ -597,3 +597,41 @@ def test_per_label_xla_step_is_not_recompiled_for_every_batch():
     start = time.perf_counter()
     gs.fit(dataset, steps_per_epoch=8, epochs=1, verbose=0)  # eight new batches
     assert time.perf_counter() - start < 2.0
+
+
+def test_zero_gs_weight_reports_gs_but_trains_on_the_main_loss_only():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, activation="tanh", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    gs = cfkeras.GradientSupervisionModel(model, gs_layer="hidden", gs_weight=0.0)
+    gs.compile(optimizer="sgd", loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    x_cf = rng.normal(size=(8, 4)).astype("float32")
+    y = (np.arange(8) % 2).astype("float32")
+    px = cfkeras.pairs.make_pair(x, x_cf)
+    py = cfkeras.pairs.make_pair(y, 1 - y)
+    with tf.GradientTape(persistent=True) as tape:
+        total, stats = gs.compute_pair_losses(px, py, training=True)
+    gradients = tape.gradient(total, gs.trainable_weights)
+    # The GS statistics are not differentiated (no second-order pass) ...
+    assert all(g is None for g in tape.gradient(stats["gs_loss"][0], gs.trainable_weights))
+    # ... as they are with a positive weight.
+    gs.gs_weight = 1.0
+    with tf.GradientTape() as weighted:
+        _, weighted_stats = gs.compute_pair_losses(px, py, training=True)
+    assert any(
+        g is not None for g in weighted.gradient(weighted_stats["gs_loss"][0], gs.trainable_weights)
+    )
+    gs.gs_weight = 0.0
+    with tf.GradientTape() as tape:
+        main = keras.losses.binary_crossentropy(
+            np.concatenate([y, 1 - y])[:, None], model(np.concatenate([x, x_cf]))
+        )
+        main = tf.reduce_mean(main)
+    expected = tape.gradient(main, gs.trainable_weights)
+    for got, want in zip(gradients, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert float(stats["gs_loss"][1]) == 16.0  # still computed and reported
+    assert 0.0 < float(stats["gs_loss"][0]) < 2.0
