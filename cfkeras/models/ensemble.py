@@ -7,7 +7,13 @@ import tensorflow as tf
 from keras import ops
 from keras.src.losses.loss import unscale_loss_for_distribution
 
-from cfkeras.models.gradient_supervision import _densify, split_at_layer
+from cfkeras.models.gradient_supervision import (
+    _concat,
+    _densify,
+    _symbolic_input,
+    activate,
+    split_at_layer,
+)
 from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, is_pair
 
 GS_SPACE = "ensemble_gs_space"
@@ -209,7 +215,7 @@ class StackedEnsemble(keras.Model):
     def member_predictions(self, x, training=False):
         """Each member's own prediction (its logits through the output activation),
         `(batch, N, ...)`."""
-        return _activate(self.member_logits(x, training=training), self.output_activation, -1)
+        return activate(self.member_logits(x, training=training), self.output_activation)
 
     def evaluate_members(self, data):
         """Accuracy of every member and of the ensemble, on a dataset.
@@ -241,7 +247,7 @@ class StackedEnsemble(keras.Model):
             predictions = [logits[:, k] for k in range(self.num_members)]
             predictions.append(ops.mean(logits, axis=1))
             for k, member_logits in enumerate(predictions):
-                hits = self._accuracy(y, _activate(member_logits, self.output_activation))
+                hits = self._accuracy(y, activate(member_logits, self.output_activation))
                 correct[k] += float(ops.sum(hits * weight))
             total += float(ops.sum(weight))
         if total == 0:
@@ -278,7 +284,7 @@ class StackedEnsemble(keras.Model):
         batch = ops.shape(logits)[0]
         total = 0.0
         for k in range(self.num_members):
-            prediction = _activate(logits[:, k], self.output_activation)
+            prediction = activate(logits[:, k], self.output_activation)
             loss = self._compile_loss(y, prediction, sample_weight)
             total = total + loss
             self.member_loss_trackers[k].update_state(
@@ -371,32 +377,20 @@ def stacked_ensemble(build_fn, members, gs_layer=None, seed=0, name="stacked_ens
 # === Helpers ===
 
 
-def _activate(logits, activation, axis=-1):
-    if activation == "sigmoid":
-        return ops.sigmoid(logits)
-    if activation == "softmax":
-        return ops.softmax(logits, axis=axis)
-    return logits
-
-
 def _flatten_pair(x, y, weight):
     """Both members of a batch of pairs as one batch; other batches unchanged."""
     if not is_pair(x):
         return x, y, weight
-    concat = lambda a, b: ops.concatenate([a, b], axis=0)
-    x = keras.tree.map_structure(concat, x[ORIGINAL], x[COUNTERFACTUAL])
-    y = concat(y[ORIGINAL], y[COUNTERFACTUAL])
+    x = _concat(x[ORIGINAL], x[COUNTERFACTUAL])
+    y = _concat(y[ORIGINAL], y[COUNTERFACTUAL])
     if weight is not None:
         weight = ops.reshape(weight, (-1,))
-        weight = concat(weight, weight)
+        weight = _concat(weight, weight)
     return x, y, weight
 
 
 def _model_input(model):
-    # A Sequential model has `inputs` but no `input` in Keras 3.
-    if isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
-        return model.inputs[0]
-    model_input = getattr(model, "input", None) if isinstance(model, keras.Model) else None
+    model_input = _symbolic_input(model)
     if model_input is None:
         raise ValueError(
             f"StackedEnsemble members must be functional or Sequential models; received {model!r}."

@@ -88,6 +88,15 @@ def split_at_layer(model, layer_name):
     return encoder, head
 
 
+def activate(logits, activation):
+    """Applies an output activation (`"sigmoid"`, `"softmax"` or None) to logits."""
+    if activation == "sigmoid":
+        return ops.sigmoid(logits)
+    if activation == "softmax":
+        return ops.softmax(logits, axis=-1)
+    return logits
+
+
 def _has_layer(model, name):
     return any(layer.name == name for layer in getattr(model, "layers", []))
 
@@ -390,7 +399,7 @@ class GradientSupervisionModel(keras.Model):
             )
             return loss, loss
         members = member_logits.shape[1]
-        predictions = self._activate(member_logits, activation)
+        predictions = activate(member_logits, activation)
         predictions = ops.reshape(predictions, (-1, member_logits.shape[-1]))
         repeat = lambda t: None if t is None else ops.repeat(t, members, axis=0)
         mean = self._compute_loss(
@@ -404,14 +413,6 @@ class GradientSupervisionModel(keras.Model):
         extra = [self._aggregate_additional_loss(loss) for loss in self.losses]
         extra = ops.sum(ops.stack(extra)) if extra else ops.zeros((), mean.dtype)
         return members * mean - (members - 1) * ops.cast(extra, mean.dtype), mean
-
-    @staticmethod
-    def _activate(logits, activation):
-        if activation == "sigmoid":
-            return ops.sigmoid(logits)
-        if activation == "softmax":
-            return ops.softmax(logits, axis=-1)
-        return logits
 
     def _resolve_task(self, activation, width):
         if self.task != "auto":
@@ -574,7 +575,7 @@ class GradientSupervisionModel(keras.Model):
         logits, activation, member_logits, cos, valid, has_contrast, task = (
             self._gradient_supervision(h, y_all, training)
         )
-        y_pred = self._activate(logits, activation)
+        y_pred = activate(logits, activation)
         main_objective, main_loss = self._main_loss(
             x_all, y_all, y_pred, member_logits, activation, weight_all, training
         )
@@ -681,7 +682,7 @@ class GradientSupervisionModel(keras.Model):
                 f"{{'{ORIGINAL}': x_i, '{COUNTERFACTUAL}': x_j}}; received {x!r}."
             )
         logits, activation, member_logits = self._forward(self._encode(x, training), training)
-        y_pred = self._activate(logits, activation)
+        y_pred = activate(logits, activation)
         objective, loss = self._main_loss(
             x, y, y_pred, member_logits, activation, sample_weight, training
         )
