@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,9 @@ from cfkeras.datasets import load_imdb_pairs, load_ood_sentiment
 from cfkeras.models.ensemble import GS_SPACE, stacked_ensemble
 from cfkeras.models.text_classifier import GS_LAYER
 from cfkeras.selection import BestEpochWeights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _reproduction import Table, replot, run_grid  # noqa: E402  (the examples' shared helpers)
 
 ROWS = (
     "chance",
@@ -77,6 +79,7 @@ LABELS = {
     "gs_random_different": "+ GS, random relations (partners of the other label)",
 }
 OOD = ("amazon", "twitter", "yelp")
+TABLE = Table("IMDb", ROWS, COLUMNS, LABELS, PAPER, ylim=(40, 100))
 
 
 def parse_args(argv=None):
@@ -232,109 +235,34 @@ def run_one(args, row, seed, vocabulary, tokens, ood):
     }, trainer
 
 
-def summarize(runs):
-    summary = {}
-    for row, by_seed in runs.items():
-        summary[row] = {}
-        for column in COLUMNS:
-            values = [100 * r["scores"][column] for r in by_seed.values() if column in r["scores"]]
-            if values:
-                summary[row][column] = {
-                    "mean": float(np.mean(values)),
-                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                    "n": len(values),
-                }
-    return summary
-
-
-def markdown(report):
+def render(report):
+    """`(markdown, plot title)` of a report."""
     args = report["args"]
-    lines = [
-        f"# IMDb, Table 3 of Teney et al. (2020) — sequence length {args['sequence_length']}",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min.",
-        "",
-        "Accuracy (%), mean ± std over seeds "
-        f"{args['seeds']}; the paper's number in brackets. Ensembles of {args['members']} "
-        "members averaging logits, weights of the epoch of best validation accuracy.",
-        "",
-        "| row | " + " | ".join(COLUMNS) + " | best epochs |",
-        "|---|" + "---|" * (len(COLUMNS) + 1),
-    ]
-    for row, cells in report["summary"].items():
-        paper = PAPER.get(row)
-        text = []
-        for k, column in enumerate(COLUMNS):
-            if column not in cells:
-                text.append("—")
-                continue
-            cell = f"{cells[column]['mean']:.1f} ± {cells[column]['std']:.1f}"
-            if paper:
-                cell += f" ({paper[k]})"
-            text.append(cell)
-        epochs = ", ".join(str(r["best_epoch"]) for r in report["runs"][row].values())
-        lines.append(f"| {LABELS[row]} | " + " | ".join(text) + f" | {epochs} |")
-    lines += [
-        "",
-        "The out-of-domain columns use the test sets of `shared/data/ood` (see its README), "
-        "not the paper's random 2 000-example subsets: they are not directly comparable.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(report["summary"])
-    columns = [c for c in COLUMNS if any(c in report["summary"][r] for r in rows)]
-    fig, ax = plt.subplots(figsize=(12, 5.2))
-    width = 0.8 / len(rows)
-    for k, row in enumerate(rows):
-        cells = report["summary"][row]
-        means = [cells.get(c, {}).get("mean", np.nan) for c in columns]
-        stds = [cells.get(c, {}).get("std", 0.0) for c in columns]
-        xs = np.arange(len(columns)) + (k - (len(rows) - 1) / 2) * width
-        ax.bar(xs, means, width, yerr=stds, label=LABELS[row], capsize=2)
-        if row in PAPER:
-            paper = [PAPER[row][COLUMNS.index(c)] for c in columns]
-            ax.scatter(xs, paper, marker="_", s=120, color="black", zorder=3)
-    ax.set_xticks(np.arange(len(columns)), columns)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(40, 100)
-    ax.set_title(
-        f"IMDb (Teney et al. 2020, Table 3), length {report['args']['sequence_length']}: "
+    length = args["sequence_length"]
+    markdown = TABLE.markdown(
+        report,
+        f"IMDb, Table 3 of Teney et al. (2020) — sequence length {length}",
+        preamble=[
+            "Accuracy (%), mean ± std over seeds "
+            f"{args['seeds']}; the paper's number in brackets. Ensembles of {args['members']} "
+            "members averaging logits, weights of the epoch of best validation accuracy."
+        ],
+        notes=[
+            "The out-of-domain columns use the test sets of `shared/data/ood` (see its README), "
+            "not the paper's random 2 000-example subsets: they are not directly comparable."
+        ],
+    )
+    title = (
+        f"IMDb (Teney et al. 2020, Table 3), length {length}: "
         "bars = cfkeras (mean ± std over seeds), black ticks = paper"
     )
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _report(args, argv, start, runs):
-    return {
-        "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
-        "args": vars(args),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "paper": PAPER,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
+    return markdown, title
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
-        path = Path(args.replot)
-        report = json.loads(path.read_text())
-        path.with_suffix(".md").write_text(markdown(report))
-        plot(report, path.with_suffix(".png"))
+        replot(args.replot, TABLE, render)
         return
     start = time.perf_counter()
     vectorize, tokens, ood = load_data(args)
@@ -343,25 +271,31 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     stem = "imdb_table3" + (f"_{args.tag}" if args.tag else "")
     partial = out / f"{stem}.partial.json"
-    runs = {row: {} for row in args.rows}
-    best = (-1.0, None)
-    for seed in args.seeds:
-        for row in args.rows:
-            print(f"=== {row}, seed {seed}, length {args.sequence_length}", flush=True)
-            result, trainer = run_one(args, row, seed, vocabulary, tokens, ood)
-            print(json.dumps(result), flush=True)
-            runs[row][str(seed)] = result
-            if row == "gs" and result["scores"]["validation"] > best[0]:
-                best = (result["scores"]["validation"], trainer)
-            # Every finished run is kept: a run cut short leaves its results
-            # here (`--replot` renders them).
-            partial.write_text(json.dumps(_report(args, argv, start, runs), indent=2))
-    report = _report(args, argv, start, runs)
+    best = [-1.0, None]
+
+    def keep_best(row, seed, result, trainer):
+        if row == "gs" and result["scores"]["validation"] > best[0]:
+            best[:] = [result["scores"]["validation"], trainer]
+
+    # Every finished run is kept in the partial file: a run cut short leaves
+    # its results there (`--replot` renders them).
+    runs = run_grid(
+        args.seeds,
+        args.rows,
+        lambda row, seed: run_one(args, row, seed, vocabulary, tokens, ood),
+        lambda runs: partial.write_text(
+            json.dumps(TABLE.report(args, argv, start, runs), indent=2)
+        ),
+        on_result=keep_best,
+        describe=f", length {args.sequence_length}",
+    )
+    report = TABLE.report(args, argv, start, runs)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
-    plot(report, out / f"{stem}.png")
+    markdown, title = render(report)
+    (out / f"{stem}.md").write_text(markdown)
+    TABLE.plot(report, out / f"{stem}.png", title)
     partial.unlink()
-    print(markdown(report))
+    print(markdown)
     if args.export and best[1] is not None:
         from cfkeras.export import export_text_classifier
 

@@ -1,0 +1,105 @@
+"""The SNLI reproduction runs end to end on a tiny subset, in seconds, and its
+main-loss weights make the GS rows count every unique example as the
+augmentation baseline does."""
+
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "reproduce_snli_table3.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("reproduce_snli_table3", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+def test_reproduction_runs_every_row_on_a_subset(script, tmp_path, shared_dir):
+    out = tmp_path / "results"
+    script.main(
+        [
+            "--seeds", "0", "1",
+            "--limit", "24",
+            "--members", "2",
+            "--epochs", "2",
+            "--batch-size", "16",
+            "--sequence-length", "12",
+            "--data-dir", str(shared_dir / "data" / "cad"),
+            "--out", str(out),
+            "--tag", "smoke",
+            "--log-dir", str(tmp_path / "logs"),
+        ]
+    )  # fmt: skip
+    report = json.loads((out / "snli_table3_smoke.json").read_text())
+    assert not (out / "snli_table3_smoke.partial.json").exists()
+    assert set(report["runs"]) == set(script.ROWS)
+    for row, by_seed in report["runs"].items():
+        assert set(by_seed) == {"0", "1"}
+        for result in by_seed.values():
+            assert set(result["scores"]) == set(script.COLUMNS)
+            assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
+            assert 1 <= result["best_epoch"] <= 2
+            assert ("final_gs_cosine" in result) == row.startswith("gs")
+        values = [100 * r["scores"]["test_edited"] for r in by_seed.values()]
+        cells = report["summary"][row]["test_edited"]
+        np.testing.assert_allclose(cells["mean"], np.mean(values))
+        np.testing.assert_allclose(cells["std"], np.std(values, ddof=1))
+    data = report["data"]
+    assert data["groups"] == {"train": 24, "dev": 24, "test": 24}
+    assert data["train_pairs"] == 4 * 24
+    assert 0.9 < data["glove_coverage"] <= 1.0
+    markdown = (out / "snli_table3_smoke.md").read_text()
+    assert "(64.8)" in markdown and "--limit 24" in markdown and "50d" in markdown
+    assert (out / "snli_table3_smoke.png").stat().st_size > 0
+    assert len(list((tmp_path / "logs").glob("length12/seed*/*"))) == 2 * len(script.ROWS)
+
+
+@pytest.mark.parametrize("edit_pairs", [False, True])
+def test_main_loss_weights_count_every_unique_example_once(script, shared_dir, edit_pairs):
+    args = script.parse_args(
+        ["--limit", "30", "--data-dir", str(shared_dir / "data" / "cad")]
+        + (["--edit-pairs"] if edit_pairs else [])
+    )
+    data = script.load_data(args)
+    pairs, weights = data.pairs, data.pairs.sample_weight
+    # Total weight of every unique member (group, sentences, label) over the
+    # pairs it sits in: the same for all, as each counts once in augmentation.
+    totals = Counter()
+    sides = {
+        "original": (pairs.original, pairs.label),
+        "counterfactual": (pairs.counterfactual, pairs.counterfactual_label),
+    }
+    for name, (x, y) in sides.items():
+        for k in range(len(pairs)):
+            member = (
+                int(pairs.group_id[k]),
+                tuple(x["premise"][k]),
+                tuple(x["hypothesis"][k]),
+                int(y[k].argmax()),
+            )
+            totals[member] += float(weights[name][k])
+    assert len(totals) == 5 * 30  # every original and edit, each once
+    np.testing.assert_allclose(list(totals.values()), next(iter(totals.values())), rtol=1e-5)
+    mean = np.mean(np.concatenate([weights["original"], weights["counterfactual"]]))
+    np.testing.assert_allclose(mean, 1.0, rtol=1e-6)
+    if not edit_pairs:
+        np.testing.assert_allclose(weights["original"], 0.4, rtol=1e-6)
+        np.testing.assert_allclose(weights["counterfactual"], 1.6, rtol=1e-6)
+
+
+def test_standardize_splits_hyphens_and_strips_punctuation(script):
+    import tensorflow as tf
+
+    out = script.standardize(tf.constant(["A T-shirt, red/blue!"])).numpy()[0].decode()
+    assert out.split() == ["a", "t", "shirt", "red", "blue"]
