@@ -9,7 +9,7 @@ Times, on the models, weights and batches of `../shared/bench/common.py`
   - `fit_spe8`: the same with `steps_per_execution=8` (fused steps);
   - `raw`: `tf.function(model.train_step, jit_compile=True)` on a batch of
     tensors, no data pipeline: the compiled step alone;
-  - `fit_adadelta`: `fit` with the paper's Adadelta instead of Adam.
+  - `fit_adadelta`: `fit` with the paper's Adadelta (`cfkeras.optimizers.Adadelta`) instead of Adam.
   `plain` is the same `GradientSupervisionModel` fed the 2B rows `[x_i; x_j]`
   unpaired (`Pairs.flatten`), cfkeras's main-loss-only path: no GS tape, same
   dense gradients. (`gs0`, paired data with `gs_weight=0`, is a diagnostic mode:

@@ -9,6 +9,7 @@ from cfkeras import (
     losses,
     metrics,
     models,
+    optimizers,
     pairs,
     selection,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "losses",
     "metrics",
     "models",
+    "optimizers",
     "pairs",
     "selection",
 ]
