@@ -17,6 +17,33 @@ import numpy as np
 import tensorflow as tf
 
 
+def add_run_arguments(parser, verbose=1, limit_unit="pairs"):
+    """The arguments every reproduction takes: outputs, logs, replot, limit."""
+    parser.add_argument("--data-dir", default=None, help="upstream CAD root (default: packaged)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--tag", default=None, help="suffix of the result files")
+    parser.add_argument("--log-dir", default=None, help="TensorBoard logs (one folder a run)")
+    parser.add_argument("--verbose", type=int, default=verbose, help="Keras verbosity")
+    parser.add_argument(
+        "--replot", default=None, help="re-render the .md and .png of a result .json, no training"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help=f"use the first N {limit_unit} of each split (smoke tests)",
+    )
+
+
+def unpaired(x, y, batch_size, seed, shuffle=True):
+    """Batches of independent examples, re-shuffled every epoch (training) or
+    in order with the last partial batch kept (`shuffle=False`)."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=shuffle).prefetch(tf.data.AUTOTUNE)
+
+
 class Table:
     """The rows, columns, labels and published numbers of one table."""
 

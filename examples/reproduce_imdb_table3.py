@@ -49,7 +49,7 @@ from cfkeras.models.text_classifier import GS_LAYER
 from cfkeras.selection import BestEpochWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reproduction import Table, replot, run_grid  # noqa: E402  (the examples' shared helpers)
+from _reproduction import Table, add_run_arguments, replot, run_grid, unpaired  # noqa: E402  (the examples' shared helpers)
 
 ROWS = (
     "chance",
@@ -92,19 +92,9 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--gs-weight", type=float, default=20.0)
     parser.add_argument("--learning-rate", type=float, default=1.0)
-    parser.add_argument("--data-dir", default=None, help="upstream CAD root (default: packaged)")
     parser.add_argument("--ood-dir", default=os.environ.get("CFKERAS_OOD_DIR"))
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--tag", default=None, help="suffix of the result files")
-    parser.add_argument("--log-dir", default=None, help="TensorBoard logs (one folder a run)")
     parser.add_argument("--export", default=None, help="export the best gs ensemble here")
-    parser.add_argument("--verbose", type=int, default=1, help="Keras verbosity (1: progress bars)")
-    parser.add_argument(
-        "--replot", default=None, help="re-render the .md and .png of a result .json, no training"
-    )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="use the first N pairs of each split (smoke tests)"
-    )
+    add_run_arguments(parser, verbose=1, limit_unit="pairs")
     return parser.parse_args(argv)
 
 
@@ -142,14 +132,6 @@ def load_data(args):
             texts, labels = texts[: args.limit], labels[: args.limit]
             ood[name] = (vectorize(texts), labels.astype("float32"))
     return vectorize, tokens, ood
-
-
-def unpaired(x, y, batch_size, seed, shuffle=True):
-    """Batches of independent examples, re-shuffled every epoch."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=shuffle).prefetch(tf.data.AUTOTUNE)
 
 
 def training_data(row, train, seed):

@@ -61,7 +61,7 @@ from cfkeras.models.nli_classifier import GS_LAYER, nli_classifier
 from cfkeras.selection import BestEpochWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reproduction import Table, replot, run_grid  # noqa: E402  (the examples' shared helpers)
+from _reproduction import Table, add_run_arguments, replot, run_grid, unpaired  # noqa: E402  (the examples' shared helpers)
 
 ROWS = ("chance", "original", "augmentation", "gs", "gs_random_any", "gs_random_different")
 COLUMNS = ("validation", "test_original", "test_edited")
@@ -106,18 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--gs-weight", type=float, default=0.01)
     parser.add_argument("--learning-rate", type=float, default=1.0)
     parser.add_argument("--edit-pairs", action="store_true", help="also pair edits of a group")
-    parser.add_argument("--data-dir", default=None, help="upstream CAD root (default: packaged)")
     parser.add_argument("--glove-dir", default=None, help="GloVe files (default: the package)")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--tag", default=None, help="suffix of the result files")
-    parser.add_argument("--log-dir", default=None, help="TensorBoard logs (one folder a run)")
-    parser.add_argument("--verbose", type=int, default=0, help="Keras verbosity")
-    parser.add_argument(
-        "--replot", default=None, help="re-render the .md and .png of a result .json, no training"
-    )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="use the first N groups of each split (smoke tests)"
-    )
+    add_run_arguments(parser, verbose=0, limit_unit="groups")
     return parser.parse_args(argv)
 
 
@@ -228,14 +218,6 @@ def load_data(args):
         },
     }
     return Data(vectorize, glove.matrix, pairs, unique, info)
-
-
-def unpaired(x, y, batch_size, seed, shuffle=True):
-    """Batches of independent examples, re-shuffled every epoch."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=shuffle).prefetch(tf.data.AUTOTUNE)
 
 
 def training_data(row, data, batch_size, seed):

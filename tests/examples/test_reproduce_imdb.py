@@ -1,23 +1,13 @@
 """The IMDb reproduction runs end to end on a tiny subset, in seconds."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "reproduce_imdb_table3.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_imdb_table3", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_reproduction_runs_every_row_on_a_subset(tmp_path, shared_dir):
-    script = _load_script()
+    script = load_example("reproduce_imdb_table3")
     out = tmp_path / "results"
     script.main(
         [

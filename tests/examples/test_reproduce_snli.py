@@ -2,27 +2,17 @@
 main-loss weights make the GS rows count every unique example as the
 augmentation baseline does."""
 
-import importlib.util
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "reproduce_snli_table3.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_snli_table3", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return load_example("reproduce_snli_table3")
 
 
 def test_reproduction_runs_every_row_on_a_subset(script, tmp_path, shared_dir):
