@@ -55,6 +55,37 @@ class Table:
         self.paper = dict(paper)
         self.ylim = ylim
 
+    def run(self, args, argv, name, run_one, render, start, extra=None, on_result=None):
+        """Every seed and row (`run_grid`), then `<out>/<name>[_<tag>].{json,md,png}`.
+
+        While it runs, every finished run is kept in `<stem>.partial.json`: a
+        run cut short leaves its results there (`--replot` renders them).
+        Returns the report.
+        """
+        extra = extra or {}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = name + (f"_{args.tag}" if args.tag else "")
+        partial = out / f"{stem}.partial.json"
+        runs = run_grid(
+            args.seeds,
+            args.rows,
+            run_one,
+            lambda runs: partial.write_text(
+                json.dumps(self.report(args, argv, start, runs, **extra), indent=2)
+            ),
+            on_result=on_result,
+            describe=f", length {args.sequence_length}",
+        )
+        report = self.report(args, argv, start, runs, **extra)
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        markdown, title = render(report)
+        (out / f"{stem}.md").write_text(markdown)
+        self.plot(report, out / f"{stem}.png", title)
+        partial.unlink()
+        print(markdown)
+        return report
+
     def summarize(self, runs):
         """Mean, sample std and count over seeds, in %, per row and column."""
         summary = {}

@@ -33,7 +33,6 @@ TensorBoard logs per run under `--log-dir`.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ from cfkeras.models.text_classifier import GS_LAYER
 from cfkeras.selection import BestEpochWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reproduction import Table, add_run_arguments, replot, run_grid, unpaired  # noqa: E402  (the examples' shared helpers)
+from _reproduction import Table, add_run_arguments, replot, unpaired  # noqa: E402  (the examples' shared helpers)
 
 ROWS = (
     "chance",
@@ -252,35 +251,21 @@ def main(argv=None):
     start = time.perf_counter()
     vectorize, tokens, ood = load_data(args)
     vocabulary = vectorize.vocabulary_size()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "imdb_table3" + (f"_{args.tag}" if args.tag else "")
-    partial = out / f"{stem}.partial.json"
     best = [-1.0, None]
 
     def keep_best(row, seed, result, trainer):
         if row == "gs" and result["scores"]["validation"] > best[0]:
             best[:] = [result["scores"]["validation"], trainer]
 
-    # Every finished run is kept in the partial file: a run cut short leaves
-    # its results there (`--replot` renders them).
-    runs = run_grid(
-        args.seeds,
-        args.rows,
+    TABLE.run(
+        args,
+        argv,
+        "imdb_table3",
         lambda row, seed: run_one(args, row, seed, vocabulary, tokens, ood),
-        lambda runs: partial.write_text(
-            json.dumps(TABLE.report(args, argv, start, runs), indent=2)
-        ),
+        render,
+        start,
         on_result=keep_best,
-        describe=f", length {args.sequence_length}",
     )
-    report = TABLE.report(args, argv, start, runs)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    markdown, title = render(report)
-    (out / f"{stem}.md").write_text(markdown)
-    TABLE.plot(report, out / f"{stem}.png", title)
-    partial.unlink()
-    print(markdown)
     if args.export and best[1] is not None:
         from cfkeras.export import export_text_classifier
 

@@ -61,7 +61,7 @@ from cfkeras.models.nli_classifier import GS_LAYER, nli_classifier
 from cfkeras.selection import BestEpochWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reproduction import Table, add_run_arguments, replot, run_grid, unpaired  # noqa: E402  (the examples' shared helpers)
+from _reproduction import Table, add_run_arguments, replot, unpaired  # noqa: E402  (the examples' shared helpers)
 
 ROWS = ("chance", "original", "augmentation", "gs", "gs_random_any", "gs_random_different")
 COLUMNS = ("validation", "test_original", "test_edited")
@@ -358,27 +358,15 @@ def main(argv=None):
     start = time.perf_counter()
     data = load_data(args)
     print(json.dumps(data.info), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "snli_table3" + (f"_{args.tag}" if args.tag else "")
-    partial = out / f"{stem}.partial.json"
-    extra = {"paper_mnli": PAPER_MNLI, "data": data.info}
-    runs = run_grid(
-        args.seeds,
-        args.rows,
+    TABLE.run(
+        args,
+        argv,
+        "snli_table3",
         lambda row, seed: run_one(args, row, seed, data),
-        lambda runs: partial.write_text(
-            json.dumps(TABLE.report(args, argv, start, runs, **extra), indent=2)
-        ),
-        describe=f", length {args.sequence_length}",
+        render,
+        start,
+        extra={"paper_mnli": PAPER_MNLI, "data": data.info},
     )
-    report = TABLE.report(args, argv, start, runs, **extra)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    markdown, title = render(report)
-    (out / f"{stem}.md").write_text(markdown)
-    TABLE.plot(report, out / f"{stem}.png", title)
-    partial.unlink()
-    print(markdown)
 
 
 if __name__ == "__main__":
