@@ -10,6 +10,7 @@ from keras.src.losses.loss import unscale_loss_for_distribution
 from cfkeras.models.gradient_supervision import (
     _concat,
     _densify,
+    _row_weights,
     _symbolic_input,
     activate,
     split_at_layer,
@@ -384,8 +385,7 @@ def _flatten_pair(x, y, weight):
     x = _concat(x[ORIGINAL], x[COUNTERFACTUAL])
     y = _concat(y[ORIGINAL], y[COUNTERFACTUAL])
     if weight is not None:
-        weight = ops.reshape(weight, (-1,))
-        weight = _concat(weight, weight)
+        weight = _row_weights(weight)
     return x, y, weight
 
 

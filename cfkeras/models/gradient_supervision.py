@@ -146,6 +146,18 @@ def _concat(a, b):
     return keras.tree.map_structure(lambda u, v: ops.concatenate([u, v], axis=0), a, b)
 
 
+def _row_weights(sample_weight):
+    """Float32 `(2n,)` weights of the rows `[x_i; x_j]` of a batch of pairs,
+    from one weight per pair (both members) or a pair of per-member weights
+    `{"original": w_i, "counterfactual": w_j}`."""
+    if is_pair(sample_weight):
+        w_i, w_j = sample_weight[ORIGINAL], sample_weight[COUNTERFACTUAL]
+    else:
+        w_i = w_j = sample_weight
+    flat = lambda w: ops.cast(ops.reshape(w, (-1,)), "float32")  # noqa: E731
+    return ops.concatenate([flat(w_i), flat(w_j)], axis=0)
+
+
 def _densify(gradient):
     # Sparse (IndexedSlices) embedding gradients make XLA recompile the step on
     # every call with some optimizers (Adadelta): apply dense gradients.
@@ -556,15 +568,9 @@ class GradientSupervisionModel(keras.Model):
         y_all = ops.concatenate([y_i, y_j], axis=0)
         weight_all = None
         if sample_weight is not None:
-            # One weight per pair, or a pair of per-member weights: each row
-            # of [x_i; x_j] is weighted by its member's weight, in the main
-            # loss and in its GS term.
-            if is_pair(sample_weight):
-                w_i, w_j = sample_weight[ORIGINAL], sample_weight[COUNTERFACTUAL]
-            else:
-                w_i = w_j = sample_weight
-            flat = lambda w: ops.cast(ops.reshape(w, (-1,)), "float32")
-            weight_all = ops.concatenate([flat(w_i), flat(w_j)], axis=0)
+            # Each row of [x_i; x_j] is weighted by its member's weight, in
+            # the main loss and in its GS term.
+            weight_all = _row_weights(sample_weight)
             sample_weight = (weight_all[:n] + weight_all[n:]) / 2.0  # a pair's weight
 
         h = self._encode(x_all, training)

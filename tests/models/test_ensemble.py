@@ -193,6 +193,15 @@ def test_evaluate_members_on_pairs_and_weights():
     assert results == {"member_0_accuracy": 1.0, "member_1_accuracy": 0.0, "ensemble_accuracy": 0.5}
     weighted = [(x, np.array([1.0, 0.0]), np.array([3.0, 1.0]))]
     assert ensemble.evaluate_members(weighted)["ensemble_accuracy"] == 0.75
+    per_member = cfkeras.Pairs(
+        x[:1],
+        x[1:],
+        np.array([1.0]),
+        np.array([0.0]),
+        sample_weight={"original": np.array([3.0]), "counterfactual": np.array([1.0])},
+    )
+    dataset = per_member.to_dataset(batch_size=1, shuffle=False)
+    assert ensemble.evaluate_members(dataset)["ensemble_accuracy"] == 0.75
 
 
 # === Saving ===
