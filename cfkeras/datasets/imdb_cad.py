@@ -48,7 +48,6 @@ SPLITS = ("train", "dev", "test")
 CLASS_NAMES = ("Negative", "Positive")
 
 _SPLIT_ALIASES = {"validation": "dev"}
-_SOURCES = ("auto", "download")
 _HEADER = ["Sentiment", "Text", "batch_id"]
 _PAIRED_DIR = ("sentiment", "combined", "paired")
 _BATCH_ID = re.compile(r"-?[0-9]+")
@@ -148,8 +147,8 @@ def load_imdb_pairs(split="train", data_dir=None, source="auto"):
             f"Unknown split {split!r}; valid splits are {', '.join(map(repr, SPLITS))} "
             "(or 'validation', an alias of 'dev')."
         )
-    if source not in _SOURCES:
-        raise ValueError(f"Unknown source {source!r}; valid sources are {_SOURCES}.")
+    if source not in _sources.SOURCES:
+        raise ValueError(f"Unknown source {source!r}; valid sources are {_sources.SOURCES}.")
     filename = f"{split}_paired.tsv"
 
     if source == "download":

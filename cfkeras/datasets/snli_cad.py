@@ -63,7 +63,6 @@ CHANGED = ("premise", "hypothesis", "both", "none")
 EDITS_PER_GROUP = 4
 
 _SPLIT_ALIASES = {"validation": "dev"}
-_SOURCES = ("auto", "download")
 _HEADER = ["sentence1", "sentence2", "gold_label"]
 _NLI_DIR = "NLI"
 
@@ -290,8 +289,8 @@ def load_snli_groups(split="train", data_dir=None, source="auto"):
             f"Unknown split {split!r}; valid splits are {', '.join(map(repr, SPLITS))} "
             "(or 'validation', an alias of 'dev')."
         )
-    if source not in _SOURCES:
-        raise ValueError(f"Unknown source {source!r}; valid sources are {_SOURCES}.")
+    if source not in _sources.SOURCES:
+        raise ValueError(f"Unknown source {source!r}; valid sources are {_sources.SOURCES}.")
 
     if source == "download":
         paths = {part: _download(part, split, data_dir) for part in PARTS}
