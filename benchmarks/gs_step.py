@@ -510,38 +510,31 @@ def _targets(cfg, ratios, peers):
     def median(key):
         return ratios[key]["median"] if key in ratios else None
 
-    targets = {}
-    peer = median("cfkeras/fit GS / fastest peer GS")
-    if peer is not None:
-        targets["fit GS <= target x fastest peer"] = {
-            "value": peer,
-            "target": PEER_TARGET[cfg],
-            "met": peer <= PEER_TARGET[cfg],
-        }
-    own = median("cfkeras/fit GS / plain")
+    def target(value, limit):
+        return {"value": value, "target": limit, "met": value <= limit}
+
     theirs = [median(f"{f}/{v} GS / plain") for f, v in peers]
     theirs = [t for t in theirs if t is not None]
-    if own is not None and theirs:
-        targets["GS/plain <= best peer's"] = {
-            "value": own,
-            "target": min(theirs),
-            "met": own <= min(theirs),
-        }
-    overhead = median("cfkeras fit / raw (gs)")
-    if overhead is not None:
-        targets["fit / raw step"] = {
-            "value": overhead,
-            "target": FIT_OVERHEAD_TARGET,
-            "met": overhead <= FIT_OVERHEAD_TARGET,
-        }
-    adadelta = median("cfkeras Adadelta / Adam, fit (gs)")
-    if adadelta is not None:
-        targets["Adadelta / Adam under XLA"] = {
-            "value": adadelta,
-            "target": ADADELTA_TARGET,
-            "met": adadelta <= ADADELTA_TARGET,
-        }
-    return targets
+    candidates = {
+        "fit GS <= target x fastest peer": (
+            median("cfkeras/fit GS / fastest peer GS"),
+            PEER_TARGET[cfg],
+        ),
+        "GS/plain <= best peer's": (
+            median("cfkeras/fit GS / plain"),
+            min(theirs) if theirs else None,
+        ),
+        "fit / raw step": (median("cfkeras fit / raw (gs)"), FIT_OVERHEAD_TARGET),
+        "Adadelta / Adam under XLA": (
+            median("cfkeras Adadelta / Adam, fit (gs)"),
+            ADADELTA_TARGET,
+        ),
+    }
+    return {
+        name: target(value, limit)
+        for name, (value, limit) in candidates.items()
+        if value is not None and limit is not None
+    }
 
 
 def _fmt(spread, digits=2):
