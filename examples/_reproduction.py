@@ -47,8 +47,7 @@ def unpaired(x, y, batch_size, seed, shuffle=True):
 class Table:
     """The rows, columns, labels and published numbers of one table."""
 
-    def __init__(self, title, rows, columns, labels, paper, ylim=(0, 100)):
-        self.title = title
+    def __init__(self, rows, columns, labels, paper, ylim=(0, 100)):
         self.rows = tuple(rows)
         self.columns = tuple(columns)
         self.labels = dict(labels)
@@ -78,10 +77,9 @@ class Table:
             describe=f", length {args.sequence_length}",
         )
         report = self.report(args, argv, start, runs, **extra)
-        (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-        markdown, title = render(report)
-        (out / f"{stem}.md").write_text(markdown)
-        self.plot(report, out / f"{stem}.png", title)
+        path = out / f"{stem}.json"
+        path.write_text(json.dumps(report, indent=2))
+        markdown = self.write(report, path, render)
         partial.unlink()
         print(markdown)
         return report
@@ -148,6 +146,14 @@ class Table:
             lines += ["", *notes]
         return "\n".join(lines) + "\n"
 
+    def write(self, report, path, render):
+        """`render(report)` into the `.md` and `.png` beside `path`; returns the
+        Markdown."""
+        markdown, title = render(report)
+        path.with_suffix(".md").write_text(markdown)
+        self.plot(report, path.with_suffix(".png"), title)
+        return markdown
+
     def plot(self, report, path, title):
         """Bars: mean ± std over seeds per row and column; ticks: the paper."""
         import matplotlib
@@ -202,7 +208,4 @@ def run_grid(seeds, rows, run_one, write_partial, on_result=None, describe=""):
 def replot(path, table, render):
     """Re-renders the `.md` and `.png` of a result `.json`, no training."""
     path = Path(path)
-    report = json.loads(path.read_text())
-    markdown, title = render(report)
-    path.with_suffix(".md").write_text(markdown)
-    table.plot(report, path.with_suffix(".png"), title)
+    table.write(json.loads(path.read_text()), path, render)

@@ -79,7 +79,7 @@ LABELS = {
     "gs_random_different": "+ GS, random relations (partners of the other label)",
 }
 OOD = ("amazon", "twitter", "yelp")
-TABLE = Table("IMDb", ROWS, COLUMNS, LABELS, PAPER, ylim=(40, 100))
+TABLE = Table(ROWS, COLUMNS, LABELS, PAPER, ylim=(40, 100))
 
 
 def parse_args(argv=None):

@@ -88,7 +88,7 @@ LABELS = {
     "gs_random_any": "+ GS, random relations (label-blind partners)",
     "gs_random_different": "+ GS, random relations (partners of another label)",
 }
-TABLE = Table("SNLI", ROWS, COLUMNS, LABELS, PAPER, ylim=(20, 80))
+TABLE = Table(ROWS, COLUMNS, LABELS, PAPER, ylim=(20, 80))
 SPLITS = ("train", "dev", "test")
 SENTENCES = ("premise", "hypothesis")
 
