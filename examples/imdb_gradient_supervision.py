@@ -48,20 +48,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def load(data_dir):
-    splits = {}
-    for split in ("train", "dev", "test"):
-        data = load_imdb_pairs(split, data_dir=data_dir)
-        splits[split] = cfkeras.Pairs(
-            data.text,
-            data.text_counterfactual,
-            data.label.astype("float32"),
-            data.label_counterfactual.astype("float32"),
-            group_id=data.group_id,
-        )
-    return splits
-
-
 def optimizer(learning_rate):
     # AdaDelta as in its paper and PyTorch (Keras's defaults differ).
     return keras.optimizers.Adadelta(learning_rate=learning_rate, rho=0.9, epsilon=1e-6)
@@ -79,19 +65,13 @@ def callbacks(log_dir, name, epochs):
 
 def run(args):
     keras.utils.set_random_seed(args.seed)
-    splits = load(args.data_dir)
+    splits = [load_imdb_pairs(name, data_dir=args.data_dir) for name in ("train", "dev", "test")]
     vectorize = keras.layers.TextVectorization(
         max_tokens=args.vocabulary_size, output_sequence_length=args.sequence_length
     )
-    train = splits["train"]
-    vectorize.adapt(np.concatenate([train.original, train.counterfactual]))
-    tokens = lambda pairs: cfkeras.Pairs(
-        vectorize(pairs.original),
-        vectorize(pairs.counterfactual),
-        pairs.label,
-        pairs.counterfactual_label,
-    )
-    train, dev, test = (tokens(splits[name]) for name in ("train", "dev", "test"))
+    train = splits[0]
+    vectorize.adapt(np.concatenate([train.text, train.text_counterfactual]))
+    train, dev, test = (data.to_pairs(vectorize, label_dtype="float32") for data in splits)
     vocabulary = vectorize.vocabulary_size()
 
     # Both rows train through the same cfkeras step (XLA, dense embedding

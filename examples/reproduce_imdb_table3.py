@@ -118,15 +118,9 @@ def load_data(args):
     )
     train = splits["train"]
     vectorize.adapt(np.concatenate([train.text, train.text_counterfactual]))
-    tokens = {}
-    for split, data in splits.items():
-        tokens[split] = cfkeras.Pairs(
-            vectorize(data.text),
-            vectorize(data.text_counterfactual),
-            data.label.astype("float32"),
-            data.label_counterfactual.astype("float32"),
-            group_id=data.group_id,
-        )
+    tokens = {
+        split: data.to_pairs(vectorize, label_dtype="float32") for split, data in splits.items()
+    }
     ood = {}
     if args.ood_dir:
         for name in OOD:

@@ -98,6 +98,44 @@ class ImdbPairs:
         """int64 array: group ids of pairs whose two labels are equal."""
         return self.group_id[self.label == self.label_counterfactual]
 
+    def to_pairs(self, transform=None, label_dtype="int32"):
+        """Counterfactual pairs for gradient supervision, as `cfkeras.Pairs`.
+
+        Row `i` becomes pair `i`: the original review `text[i]` and its
+        counterfactual edit `text_counterfactual[i]` (original first), in the
+        order of this object. Each pair's `group_id` is its upstream
+        `batch_id`.
+
+        Args:
+            transform: optional function applied to the texts, once to all
+                originals and once to all counterfactual edits, e.g. a
+                `keras.layers.TextVectorization` layer. Without it the inputs
+                are the texts, as strings.
+            label_dtype: dtype of the labels: `"int32"` class ids (1 =
+                Positive), or `"float32"` for a sigmoid output trained with
+                binary cross-entropy.
+
+        Returns:
+            A `cfkeras.Pairs` whose inputs are `transform(text)` and
+            `transform(text_counterfactual)` (or the strings themselves).
+
+        Example:
+
+        >>> pairs = cfkeras.datasets.load_imdb_pairs("dev").to_pairs(label_dtype="float32")
+        >>> len(pairs), pairs.label[:2], pairs.counterfactual_label[:2]
+        (245, array([0., 0.], dtype=float32), array([1., 1.], dtype=float32))
+        """
+        from cfkeras.pairs import Pairs  # Pairs needs TensorFlow; reading the files does not.
+
+        transform = transform or (lambda text: text)
+        return Pairs(
+            transform(self.text),
+            transform(self.text_counterfactual),
+            self.label.astype(label_dtype),
+            self.label_counterfactual.astype(label_dtype),
+            group_id=self.group_id,
+        )
+
 
 def load_imdb_pairs(split="train", data_dir=None, source="auto"):
     """Loads the counterfactually-augmented IMDb pairs of Kaushik et al. (2020).

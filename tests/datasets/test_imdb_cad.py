@@ -1,4 +1,4 @@
-"""Tests for `cfkeras.datasets.imdb_cad`: packaged copy, sources, validation."""
+"""Tests for `cfkeras.datasets.imdb_cad`: packaged copy, sources, validation, pairs."""
 
 import doctest
 import gzip
@@ -6,9 +6,11 @@ import hashlib
 import importlib
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
+import cfkeras
 from cfkeras.datasets import imdb_cad
 from cfkeras.datasets.imdb_cad import CAD_DIR_ENV, ImdbPairs, load_imdb_pairs
 
@@ -193,6 +195,69 @@ def test_same_label_pairs_are_kept_and_reported(tmp_path):
     pairs = load_imdb_pairs("test", data_dir=tmp_path)
     assert pairs.same_label_pairs.tolist() == [3]
     assert pairs.identical_text_pairs.tolist() == [5]
+
+
+# === As cfkeras.Pairs ===
+
+PAIR_FIELDS = ("original", "counterfactual", "label", "counterfactual_label", "group_id")
+
+
+def assert_same_pairs(a, b):
+    assert isinstance(a, cfkeras.Pairs) and isinstance(b, cfkeras.Pairs)
+    for field in PAIR_FIELDS:
+        x, y = np.asarray(getattr(a, field)), np.asarray(getattr(b, field))
+        assert x.dtype == y.dtype, field
+        np.testing.assert_array_equal(x, y, err_msg=field)
+    assert a.sample_weight is None and b.sample_weight is None
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_to_pairs_equals_the_hand_packed_pairs(split):
+    data = load_imdb_pairs(split)
+    pairs = data.to_pairs()
+    by_hand = cfkeras.Pairs(
+        data.text,
+        data.text_counterfactual,
+        data.label,
+        data.label_counterfactual,
+        group_id=data.group_id,
+    )
+    assert_same_pairs(pairs, by_hand)
+    assert len(pairs) == NUM_PAIRS[split]
+    assert pairs.original.tolist() == data.text.tolist()  # strings, in file order
+    assert pairs.label.dtype == np.int32 and pairs.group_id.dtype == np.int64
+
+
+def test_to_pairs_applies_the_transform_once_per_side(tmp_path):
+    content = HEADER + "".join(
+        f"Negative\tdull plot {k}\t{k}\nPositive\tgreat plot {k}\t{k}\n" for k in range(4)
+    )
+    write_paired(tmp_path, "dev", content)
+    data = load_imdb_pairs("dev", data_dir=tmp_path)
+    vectorize = keras.layers.TextVectorization(max_tokens=16, output_sequence_length=3)
+    vectorize.adapt(np.concatenate([data.text, data.text_counterfactual]))
+    calls = []
+
+    def transform(texts):
+        calls.append(texts.tolist())
+        return vectorize(texts)
+
+    pairs = data.to_pairs(transform, label_dtype="float32")
+    assert calls == [data.text.tolist(), data.text_counterfactual.tolist()]
+    by_hand = cfkeras.Pairs(
+        vectorize(data.text),
+        vectorize(data.text_counterfactual),
+        data.label.astype("float32"),
+        data.label_counterfactual.astype("float32"),
+        group_id=data.group_id,
+    )
+    assert_same_pairs(pairs, by_hand)
+    assert pairs.label.tolist() == [0.0] * 4 and pairs.counterfactual_label.tolist() == [1.0] * 4
+    assert pairs.group_id.tolist() == [0, 1, 2, 3]
+    # "dull" and "great" are the only tokens that differ within a pair.
+    vocabulary = vectorize.get_vocabulary()
+    assert [vocabulary[t] for t in np.asarray(pairs.original)[0]] == ["dull", "plot", "0"]
+    assert [vocabulary[t] for t in np.asarray(pairs.counterfactual)[0]] == ["great", "plot", "0"]
 
 
 # === Errors ===
