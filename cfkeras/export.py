@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cfkeras.models.gradient_supervision import GradientSupervisionModel, _output_layer
+from cfkeras.models.gradient_supervision import GradientSupervisionModel
+from cfkeras.models.graph import output_activation
 
 SERVE = "serve"
 CLASSIFY = "classify"
@@ -146,8 +147,7 @@ def _activation(model):
     """The name of the model's output activation, or None when it cannot be found."""
     if isinstance(model, GradientSupervisionModel):
         model = model.head
-    layer = _output_layer(model)
-    return getattr(getattr(layer, "activation", None), "__name__", None)
+    return output_activation(model)
 
 
 def _check_class_names(class_names, width, activation):

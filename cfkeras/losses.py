@@ -1,15 +1,18 @@
-"""Gradient-supervision loss (Teney, Abbasnejad & van den Hengel, ECCV 2020).
+"""The math of the gradient-supervision loss (Teney, Abbasnejad & van den Hengel, ECCV 2020).
 
 The sign convention of cfkeras lives in this file and only here:
 
 * `contrast_weights` says which logits must change for a pair and in which
   direction;
-* `cosine_alignment` / `gradient_supervision` compare the input gradient of
-  that contrast with the vector from an example to its counterfactual.
+* `cosine_alignment` compares the input gradient of that contrast with the
+  vector from an example to its counterfactual; the per-example GS loss is
+  `1 - cos` where the cosine is defined (0 elsewhere).
 
-Following the keras / optax split, `gradient_supervision` is a pure function
-returning one value per example, and `GradientSupervision` is a thin
-`keras.losses.Loss` around it for reduction and config.
+Both are pure per-example functions (as in keras's and optax's losses). The
+GS term itself, which needs the model's input gradient and so cannot be a
+`keras.losses.Loss` of `(y_true, y_pred)`, is
+`cfkeras.models.GradientSupervisionModel.gradient_supervision_term`, built
+on these two.
 """
 
 import keras
@@ -107,7 +110,7 @@ def _flat(x, dtype):
     return ops.reshape(x, (ops.shape(x)[0], -1))
 
 
-def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
+def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5, squared_norms=None):
     """Cosine between an input gradient and the step toward the counterfactual.
 
     Formula:
@@ -130,10 +133,22 @@ def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
         x_counterfactual: their counterfactuals, same shape.
         min_relative_distance: pairs closer than this, relative to the larger
             of the two norms, are treated as identical and not supervised.
+        squared_norms: optional `(|x|^2, |x_cf|^2)`, each `(batch,)`, when the
+            caller has them (a batch of pairs holds every point once as `x`
+            and once as a partner's `x_cf`: one pass over memory saved).
 
     Returns:
         `(cos, valid)`: float32 `(batch,)` cosines (0 where invalid) and a
         boolean `(batch,)` mask.
+
+    Example:
+
+    >>> import numpy as np
+    >>> w = np.array([[1.0, 2.0]])  # f(x) = x @ w.T, label 1 -> 0: g = -w
+    >>> x, x_cf = np.zeros((1, 2)), np.array([[-1.0, -2.0]])
+    >>> cos, valid = cfkeras.losses.cosine_alignment(-w, x, x_cf)
+    >>> float(cos[0]), bool(valid[0])  # aligned: the GS loss 1 - cos is 0
+    (1.0, True)
     """
     dtype = float_dtype(gradient)
     g = _flat(gradient, dtype)
@@ -142,9 +157,9 @@ def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
     t = x_counterfactual - x
     gg = ops.sum(g * g, axis=-1)
     tt = ops.sum(t * t, axis=-1)
-    reference = ops.maximum(
-        ops.sum(x * x, axis=-1), ops.sum(x_counterfactual * x_counterfactual, axis=-1)
-    )
+    if squared_norms is None:
+        squared_norms = (ops.sum(x * x, axis=-1), ops.sum(x_counterfactual * x_counterfactual, -1))
+    reference = ops.maximum(*(ops.cast(norm, dtype) for norm in squared_norms))
     valid = ops.logical_and(
         gg > _MIN_SQUARED_NORM,
         ops.logical_and(
@@ -156,95 +171,3 @@ def cosine_alignment(gradient, x, x_counterfactual, min_relative_distance=1e-5):
     safe_tt = ops.where(valid, tt, ops.ones_like(tt))
     cos = ops.sum(g * t, axis=-1) * ops.rsqrt(safe_gg) * ops.rsqrt(safe_tt)
     return ops.where(valid, cos, ops.zeros_like(cos)), valid
-
-
-def gradient_supervision(gradient, x, x_counterfactual, min_relative_distance=1e-5):
-    """Per-example gradient-supervision loss `1 - cos(g, x_cf - x)`.
-
-    Formula:
-
-    ```
-    loss = 1 - cos(g, x_cf - x)     where the pair is valid, else 0
-    g    = d z(x) / d x,   z = sum_c w_c f_c(x)   (w from `contrast_weights`)
-    ```
-
-    Sign convention: `g` is the input gradient of the *contrast* logit, whose
-    increase moves the prediction from `x`'s labels to `x_cf`'s. A loss of 0
-    means that stepping from `x` toward `x_cf` is the steepest way to change
-    the prediction as the labels change; 2 means it is the steepest way to
-    change it the wrong way. The paper's "ground-truth class only" form is
-    `class_selection="ground_truth"` in `contrast_weights` (its own logit's
-    gradient points *away* from `x_cf`).
-
-    Args:
-        gradient: input gradient of the contrast logit at `x`, `(batch, ...)`.
-        x: points in the GS space.
-        x_counterfactual: their counterfactuals.
-        min_relative_distance: see `cosine_alignment`.
-
-    Returns:
-        float32 `(batch,)`; 0 at points that are not supervised (identical
-        inputs, zero gradient).
-
-    Example:
-
-    >>> import numpy as np
-    >>> w = np.array([[1.0, 2.0]])  # f(x) = x @ w.T, label 1 -> 0: g = -w
-    >>> x, x_cf = np.zeros((1, 2)), np.array([[-1.0, -2.0]])
-    >>> float(cfkeras.losses.gradient_supervision(-w, x, x_cf)[0])  # aligned
-    0.0
-    """
-    cos, valid = cosine_alignment(gradient, x, x_counterfactual, min_relative_distance)
-    return ops.where(valid, 1.0 - cos, ops.zeros_like(cos))
-
-
-@keras.saving.register_keras_serializable(package="cfkeras")
-class GradientSupervision(keras.losses.Loss):
-    """Gradient-supervision loss as a `keras.losses.Loss`.
-
-    Reduces `gradient_supervision` over a batch. `y_true` holds the two points
-    of each pair stacked on axis 1, `y_pred` the input gradient of the contrast
-    logit at the first one (see `contrast_weights` for its sign).
-
-    Formula:
-
-    ```
-    loss_i = 1 - cos(y_pred[i], y_true[i, 1] - y_true[i, 0])   (0 if degenerate)
-    ```
-
-    With the default reduction `"mean_with_sample_weight"` and a sample weight
-    that is 1 on supervised points, the value is the mean over supervised
-    points; without sample weights it is the mean over the batch.
-
-    Args:
-        min_relative_distance: see `cfkeras.losses.cosine_alignment`.
-        reduction: as in `keras.losses.Loss`.
-        name: loss name.
-
-    Example:
-
-    >>> import numpy as np
-    >>> loss = cfkeras.losses.GradientSupervision()
-    >>> points = np.array([[[0.0, 0.0], [1.0, 0.0]]])  # x -> x_cf along +e1
-    >>> float(loss(points, np.array([[0.0, 1.0]])))  # orthogonal gradient
-    1.0
-    """
-
-    def __init__(
-        self,
-        min_relative_distance=1e-5,
-        reduction="mean_with_sample_weight",
-        name="gradient_supervision",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.min_relative_distance = min_relative_distance
-
-    def call(self, y_true, y_pred):
-        y_true = ops.convert_to_tensor(y_true)
-        return gradient_supervision(y_pred, y_true[:, 0], y_true[:, 1], self.min_relative_distance)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"min_relative_distance": self.min_relative_distance})
-        return config

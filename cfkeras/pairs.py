@@ -25,6 +25,7 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 ORIGINAL = "original"
 COUNTERFACTUAL = "counterfactual"
@@ -39,6 +40,87 @@ def is_pair(value):
 def make_pair(original, counterfactual):
     """The pair structure `{"original": ..., "counterfactual": ...}`."""
     return {ORIGINAL: original, COUNTERFACTUAL: counterfactual}
+
+
+# === Pair batches inside a step ===
+
+
+def check_pair_members(a, b, what):
+    """Static check that the two members of a batch of pairs match.
+
+    Raises:
+        ValueError: naming `what` ("inputs", "labels"), when the members
+            differ in structure, in shape (beyond the batch axis) or in dtype.
+    """
+    try:
+        keras.tree.assert_same_structure(a, b)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"The original and counterfactual {what} of a pair differ in structure: {error}"
+        ) from error
+    for u, v in zip(keras.tree.flatten(a), keras.tree.flatten(b)):
+        su, sv = tuple(u.shape)[1:], tuple(v.shape)[1:]
+        compatible = len(su) == len(sv) and all(
+            p is None or q is None or p == q for p, q in zip(su, sv)
+        )
+        if not compatible or u.dtype != v.dtype:
+            raise ValueError(
+                f"The original and counterfactual {what} of a pair must have the same "
+                f"shape and dtype; got {tuple(u.shape)} {u.dtype} and {tuple(v.shape)} {v.dtype}."
+            )
+
+
+def concat_members(a, b):
+    """Two same-structured batches as one, `[a; b]` along the batch axis."""
+    return keras.tree.map_structure(lambda u, v: ops.concatenate([u, v], axis=0), a, b)
+
+
+def row_weights(sample_weight):
+    """Float32 `(2n,)` weights of the rows `[x_i; x_j]` of a batch of pairs.
+
+    From one weight per pair (both members get it) or a pair of per-member
+    weights `{"original": w_i, "counterfactual": w_j}`.
+    """
+    if is_pair(sample_weight):
+        w_i, w_j = sample_weight[ORIGINAL], sample_weight[COUNTERFACTUAL]
+    else:
+        w_i = w_j = sample_weight
+    flat = lambda w: ops.cast(ops.reshape(w, (-1,)), "float32")  # noqa: E731
+    return ops.concatenate([flat(w_i), flat(w_j)], axis=0)
+
+
+def flatten_pair_batch(x, y, sample_weight=None):
+    """A batch of pairs as one batch of `2n` rows `[x_i; x_j]`, checked.
+
+    Returns `(x, y, sample_weight)` with the per-row weights of `row_weights`
+    (None stays None). Unpaired batches are returned unchanged.
+
+    Raises:
+        ValueError: paired inputs with unpaired labels or the reverse, or
+            members that differ (see `check_pair_members`).
+    """
+    if not is_pair(x):
+        if is_pair(y):
+            raise ValueError(
+                "Paired labels need paired inputs: x must be "
+                f"{{'{ORIGINAL}': x_i, '{COUNTERFACTUAL}': x_j}}; received {x!r}."
+            )
+        return x, y, sample_weight
+    if not is_pair(y):
+        raise ValueError(
+            "Paired inputs need paired labels: y must be "
+            f"{{'{ORIGINAL}': y_i, '{COUNTERFACTUAL}': y_j}}; received {y!r}."
+        )
+    check_pair_members(x[ORIGINAL], x[COUNTERFACTUAL], "inputs")
+    check_pair_members(y[ORIGINAL], y[COUNTERFACTUAL], "labels")
+    x = concat_members(x[ORIGINAL], x[COUNTERFACTUAL])
+    y = concat_members(y[ORIGINAL], y[COUNTERFACTUAL])
+    if sample_weight is not None:
+        sample_weight = row_weights(sample_weight)
+    return x, y, sample_weight
+
+
+# === Pairs in memory ===
 
 
 def _as_array(value, what):

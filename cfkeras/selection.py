@@ -4,6 +4,7 @@ import math
 
 import keras
 
+from cfkeras import _keras_private
 from cfkeras.models.ensemble import StackedEnsemble
 
 MODES = ("auto", "min", "max")
@@ -177,7 +178,7 @@ def _find_ensemble(model):
         return model
     found = [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _keras_private.flatten_layers(model)
         if isinstance(layer, StackedEnsemble)
     ]
     if len(found) != 1:

@@ -1,7 +1,8 @@
 """Models: the gradient-supervision trainer and the papers' networks."""
 
 from cfkeras.models.ensemble import StackedEnsemble, stacked_ensemble
-from cfkeras.models.gradient_supervision import GradientSupervisionModel, split_at_layer
+from cfkeras.models.gradient_supervision import GradientSupervisionModel
+from cfkeras.models.graph import split_at_layer
 from cfkeras.models.nli_classifier import nli_classifier
 from cfkeras.models.text_classifier import bag_of_embeddings_classifier
 

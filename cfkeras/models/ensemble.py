@@ -5,23 +5,24 @@ import copy
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.losses.loss import unscale_loss_for_distribution
 
-from cfkeras.models.gradient_supervision import (
-    _concat,
-    _densify,
-    _row_weights,
-    _symbolic_input,
+from cfkeras import _keras_private
+from cfkeras.models.graph import (
+    ENSEMBLE_OUTPUT,
+    GS_SPACE,
+    MEMBER_LOGITS,
+    OUTPUT_ACTIVATIONS,
     activate,
+    output_layer,
     split_at_layer,
+    symbolic_input,
 )
-from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, is_pair
+from cfkeras.models.trainer import minimize, scale
+from cfkeras.pairs import flatten_pair_batch
 
-GS_SPACE = "ensemble_gs_space"
-MEMBER_LOGITS = "ensemble_member_logits"
-OUTPUT = "ensemble_output"
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "linear")
-_OUTPUT_ACTIVATIONS = ("sigmoid", "softmax")
+# The public names of the ensemble's layers (defined in cfkeras.models.graph).
+__all__ = ["GS_SPACE", "MEMBER_LOGITS", "ENSEMBLE_OUTPUT", "StackedEnsemble", "stacked_ensemble"]
 
 
 # === Layers ===
@@ -112,26 +113,12 @@ class StackedEnsemble(keras.Model):
     `gs_layer` and the members' outputs of it are stacked into one layer,
     `"ensemble_gs_space"`, of shape `(batch, N, ...)`, from which member k's
     head reads slice k. Wrapped as `GradientSupervisionModel(ensemble,
-    gs_layer="ensemble_gs_space")`, GS trains the *ensemble*, not each
-    member: GS's main loss is the compiled loss of the averaged output (the
-    ensemble's `compute_loss` is not used), and, as member k's logit depends
-    only on its own slice `h_k`, the input gradient of the averaged contrast
-    logit is block-wise `g = (1/N) [s grad f_1(h_1), ..., s grad f_N(h_N)]`,
-    so GS's single cosine over the stacked space is
-
-    ```
-    cos(g, Δh) = sum_k |g_k| |Δh_k| cos_k / (sqrt(sum_k |g_k|^2) sqrt(sum_k |Δh_k|^2))
-    cos_k      = cos(grad f_k(h_k), h_k(x_j) - h_k(x_i))    (member k's own GS cosine)
-    ```
-
-    a weighted sum of the members' cosines whose weights sum to at most 1
-    (Cauchy-Schwarz; equality iff `|g_k|` is proportional to `|Δh_k|`). It
-    equals the mean of the members' cosines only when all `|g_k|` are equal
-    and all `|Δh_k|` are equal; it is 1 iff every member is aligned and the
-    gradient norms are proportional to the members' distances. So the GS
-    loss couples the members; per-member GS (each member's own
-    `1 - cos_k`, as when training N models separately) needs GS to compute
-    one cosine per member slice of the stacked space.
+    gs_layer="ensemble_gs_space")`, every member is trained exactly as if
+    alone, in one step: GS finds the stacked member logits
+    (`"ensemble_member_logits"`, its `members_layer`) and sums each member's
+    own main loss and `gs_weight` times its own GS loss, one cosine per
+    member slice of the stacked space (tested against members trained one
+    by one). Metrics and predictions use the ensemble's output.
 
     Args:
         members: a list of functional or Sequential models with one output,
@@ -164,7 +151,7 @@ class StackedEnsemble(keras.Model):
             raise ValueError("StackedEnsemble needs at least one member.")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; received {activation!r}.")
-        _check_members(members)
+        _check_independent_members(members)
         activation = _strip_output_activations(members, activation)
         members = [_renamed(member, f"member_{k}") for k, member in enumerate(members)]
 
@@ -188,7 +175,7 @@ class StackedEnsemble(keras.Model):
             logits = [head(h) for (_, head), h in zip(parts, member_spaces)]
         member_logits = StackMembers(name=MEMBER_LOGITS)(logits)
         mean_logits = MeanOverMembers(name="ensemble_logits")(member_logits)
-        outputs = keras.layers.Activation(activation, name=OUTPUT)(mean_logits)
+        outputs = keras.layers.Activation(activation, name=ENSEMBLE_OUTPUT)(mean_logits)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         self.members = members
@@ -198,7 +185,7 @@ class StackedEnsemble(keras.Model):
             keras.metrics.Mean(name=f"member_{k}_loss") for k in range(len(members))
         ]
         self.member_accuracy_trackers = []
-        if activation in _OUTPUT_ACTIVATIONS:
+        if activation in OUTPUT_ACTIVATIONS:
             self.member_accuracy_trackers = [
                 keras.metrics.Mean(name=f"member_{k}_accuracy") for k in range(len(members))
             ]
@@ -230,7 +217,7 @@ class StackedEnsemble(keras.Model):
             A dict of floats: `member_{k}_accuracy` for each member and
             `ensemble_accuracy`.
         """
-        if self.output_activation not in _OUTPUT_ACTIVATIONS:
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(
                 "evaluate_members needs sigmoid or softmax members (accuracy); this "
                 f"ensemble's activation is {self.output_activation!r}."
@@ -239,7 +226,7 @@ class StackedEnsemble(keras.Model):
         total = 0.0
         for batch in data:
             x, y, weight = keras.utils.unpack_x_y_sample_weight(batch)
-            x, y, weight = _flatten_pair(x, y, weight)
+            x, y, weight = flatten_pair_batch(x, y, weight)
             logits = self.member_logits(x)
             n = ops.shape(logits)[0]
             weight = (
@@ -278,7 +265,8 @@ class StackedEnsemble(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The sum over members of each member's compiled loss (see the class)."""
-        if self._compile_loss is None:
+        compiled_loss = _keras_private.compiled_loss(self)
+        if compiled_loss is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
 
         logits = self.member_logits(x, training=training)
@@ -286,38 +274,32 @@ class StackedEnsemble(keras.Model):
         total = 0.0
         for k in range(self.num_members):
             prediction = activate(logits[:, k], self.output_activation)
-            loss = self._compile_loss(y, prediction, sample_weight)
+            loss = compiled_loss(y, prediction, sample_weight)
             total = total + loss
             self.member_loss_trackers[k].update_state(
-                unscale_loss_for_distribution(loss), sample_weight=batch
+                _keras_private.unscale_loss_for_distribution(loss), sample_weight=batch
             )
             if self.member_accuracy_trackers:
                 self.member_accuracy_trackers[k].update_state(
                     self._accuracy(y, prediction), sample_weight=sample_weight
                 )
         for loss in self.losses:
-            total = total + self._aggregate_additional_loss(loss)
+            total = total + _keras_private.aggregate_additional_loss(self, loss)
         return total
 
     def train_step(self, data):
         # Keras's TensorFlow train_step, in its order, with the embedding
-        # gradients applied dense as in GradientSupervisionModel: sparse
-        # (IndexedSlices) gradients make XLA recompile the step on every call
-        # with some optimizers (Adadelta), seconds a step.
+        # gradients applied dense (cfkeras.models.trainer.minimize).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss),
+            loss = _keras_private.compute_loss(self, x, y, y_pred, sample_weight, training=True)
+            _keras_private.loss_tracker(self).update_state(
+                _keras_private.unscale_loss_for_distribution(loss),
                 sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
             )
-            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
-        variables = self.trainable_weights
-        gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
-        self.optimizer.apply(gradients, variables)
+            scaled = scale(self.optimizer, loss)
+        minimize(self.optimizer, tape, scaled, self.trainable_weights)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # === Config ===
@@ -378,19 +360,8 @@ def stacked_ensemble(build_fn, members, gs_layer=None, seed=0, name="stacked_ens
 # === Helpers ===
 
 
-def _flatten_pair(x, y, weight):
-    """Both members of a batch of pairs as one batch; other batches unchanged."""
-    if not is_pair(x):
-        return x, y, weight
-    x = _concat(x[ORIGINAL], x[COUNTERFACTUAL])
-    y = _concat(y[ORIGINAL], y[COUNTERFACTUAL])
-    if weight is not None:
-        weight = _row_weights(weight)
-    return x, y, weight
-
-
 def _model_input(model):
-    model_input = _symbolic_input(model)
+    model_input = symbolic_input(model)
     if model_input is None:
         raise ValueError(
             f"StackedEnsemble members must be functional or Sequential models; received {model!r}."
@@ -398,26 +369,20 @@ def _model_input(model):
     return model_input
 
 
-def _output_layer(model):
-    """The layer that produces a functional model's single output."""
-    if len(model.outputs) != 1:
-        raise ValueError(
-            f"StackedEnsemble members must have one output; {model.name!r} has "
-            f"{len(model.outputs)}."
-        )
-    layer = model.outputs[0]._keras_history.operation
-    if isinstance(layer, keras.Model):
-        return _output_layer(layer)
+def _require_output_layer(model):
+    layer = output_layer(model)
+    if layer is None:
+        raise ValueError(f"StackedEnsemble members must be functional models; received {model!r}.")
     return layer
 
 
 def _strip_output_activations(members, activation):
     """Rewires the members to output logits; returns the ensemble's activation."""
-    layers = [_output_layer(member) for member in members]
+    layers = [_require_output_layer(member) for member in members]
     names = [getattr(getattr(layer, "activation", None), "__name__", None) for layer in layers]
-    found = [name if name in _OUTPUT_ACTIVATIONS else "linear" for name in names]
+    found = [name if name in OUTPUT_ACTIVATIONS else "linear" for name in names]
     if activation != "auto":
-        if any(name in _OUTPUT_ACTIVATIONS for name in names):
+        if any(name in OUTPUT_ACTIVATIONS for name in names):
             raise ValueError(
                 f"activation={activation!r} means the members output logits, but their "
                 f"output activations are {names}; pass activation='auto' to move them "
@@ -429,18 +394,18 @@ def _strip_output_activations(members, activation):
             f"The members' output activations differ ({found}); they must be the same."
         )
     for layer in layers:
-        if found[0] in _OUTPUT_ACTIVATIONS:
+        if found[0] in OUTPUT_ACTIVATIONS:
             layer.activation = keras.activations.linear
     return found[0]
 
 
 def _renamed(model, name):
     """The same graph (shared layers) as a functional model called `name`."""
-    _output_layer(model)
+    _require_output_layer(model)
     return keras.Model(_model_input(model), model.outputs[0], name=name)
 
 
-def _check_members(members):
+def _check_independent_members(members):
     specs = [
         [(tuple(t.shape[1:]), t.dtype) for t in keras.tree.flatten(_model_input(m))]
         for m in members

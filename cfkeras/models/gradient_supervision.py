@@ -1,180 +1,68 @@
-"""The gradient-supervision model (Teney, Abbasnejad & van den Hengel, 2020)."""
+"""The gradient-supervision model (Teney, Abbasnejad & van den Hengel, 2020).
+
+The GS term is `GradientSupervisionModel.gradient_supervision_term`: one
+function from the points of a batch of pairs in the GS space to the term.
+"""
 
 import copy
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 from keras import ops
 
+from cfkeras import _keras_private
 from cfkeras import losses as gs_losses
 from cfkeras import metrics as pair_metrics
-from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, is_pair
+from cfkeras.models import graph
+from cfkeras.models.trainer import PairTrainer, global_sum
+from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, flatten_pair_batch, is_pair
 
 TASKS = ("auto",) + pair_metrics.TASKS
 MULTI_LABEL_MODES = ("sum", "per_label")
-_OUTPUT_ACTIVATIONS = ("sigmoid", "softmax")
-# The layer of a `cfkeras.models.StackedEnsemble` stacking its members' logits.
-MEMBER_LOGITS = "ensemble_member_logits"
-_GS_METRICS = (
-    "gs_loss",
-    "gs_cosine",
-    "gs_supervised",
-    "gs_skipped",
-    "pair_accuracy",
-    "flip_rate",
-)
 
 
-def _symbolic_input(model):
-    """The input structure of a functional or Sequential model, else None."""
-    # A Sequential model has `inputs` but no `input` (AttributeError) in Keras 3.
-    if isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
-        return model.inputs[0]
-    return getattr(model, "input", None) if isinstance(model, keras.Model) else None
+class Forward(NamedTuple):
+    """The head's outputs at points of the GS space.
 
-
-def split_at_layer(model, layer_name):
-    """Splits a functional model at a layer into `(encoder, head)`.
-
-    `encoder` maps the model's inputs to the layer's output (the GS space),
-    `head` maps that output to the model's output. Both share the model's
-    layers and weights.
-
-    Raises:
-        ValueError: no such layer, a layer used more than once, or a layer
-            whose output does not separate the inputs from the output (a skip
-            connection around it).
+    `logits`: pre-activation logits `(batch, classes)` (an ensemble's: the
+    mean of its members'); `activation`: the output activation stripped to
+    get them (`"sigmoid"`, `"softmax"` or None); `member_logits`: an
+    ensemble's stacked member logits `(batch, members, classes)`, else None.
     """
-    model_input = _symbolic_input(model)
-    if not isinstance(model, keras.Model) or model_input is None:
-        raise ValueError(
-            "`gs_layer` needs a functional or Sequential model; for a "
-            f"subclassed model pass `encoder=` and `head=`. Received {model!r}."
-        )
-    try:
-        layer = model.get_layer(layer_name)
-    except ValueError as error:
-        names = [layer.name for layer in model.layers]
-        raise ValueError(
-            f"gs_layer={layer_name!r}: model {model.name!r} has no such layer; "
-            f"its layers are {names}."
-        ) from error
-    if len(model.outputs) != 1:
-        raise ValueError(
-            f"GradientSupervisionModel supports models with one output; model "
-            f"{model.name!r} has {len(model.outputs)}."
-        )
-    try:
-        space = layer.output
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            f"gs_layer={layer_name!r} is called more than once in the model: "
-            "its output is ambiguous. Pass `encoder=` and `head=` instead."
-        ) from error
-    if not isinstance(space, keras.KerasTensor):
-        raise ValueError(
-            f"gs_layer={layer_name!r} must output a single tensor; it outputs {space!r}."
-        )
-    encoder = keras.Model(model_input, space, name=f"{model.name}_encoder")
-    try:
-        head = keras.Model(space, model.outputs[0], name=f"{model.name}_head")
-    except ValueError as error:
-        raise ValueError(
-            f"gs_layer={layer_name!r} does not separate the inputs of model "
-            f"{model.name!r} from its output (the output also depends on the "
-            "inputs through another path, e.g. a skip connection or a mask). "
-            "Choose another layer or pass `encoder=` and `head=`."
-        ) from error
-    return encoder, head
+
+    logits: object
+    activation: object
+    member_logits: object
 
 
-def activate(logits, activation):
-    """Applies an output activation (`"sigmoid"`, `"softmax"` or None) to logits."""
-    if activation == "sigmoid":
-        return ops.sigmoid(logits)
-    if activation == "softmax":
-        return ops.softmax(logits, axis=-1)
-    return logits
+class GSTerm(NamedTuple):
+    """The gradient-supervision term of a batch of `2n` rows `[x_i; x_j]`.
 
+    `loss`: the term to weight by `gs_weight`: the weighted sum of
+    `1 - cos` over supervised points divided by the number of supervised
+    points over all replicas (0 when there is none). `units`: cosines per
+    row (an ensemble's members, else 1). `cos`, `valid`, `point_weight`:
+    `(2n, units)` cosines (0 where invalid), whether each is defined, and
+    each one's weight in `loss` (0 where not supervised). `labelled`:
+    `(2n,)` rows whose pair asks for supervision (labels differ, direction
+    and weight active); `active`: rows counted at all. `forward`: the head's
+    outputs at the rows (`Forward`); `task`: the resolved task.
+    """
 
-def _has_layer(model, name):
-    return any(layer.name == name for layer in getattr(model, "layers", []))
-
-
-def _member_head(model, gs_layer, members_layer):
-    """Maps the stacked GS space of an ensemble to its stacked member logits."""
-    try:
-        space = model.get_layer(gs_layer).output
-        member_logits = model.get_layer(members_layer).output
-    except ValueError as error:
-        raise ValueError(f"members_layer={members_layer!r}: {error}") from error
-    if len(space.shape) < 3 or len(member_logits.shape) != 3:
-        raise ValueError(
-            f"members_layer={members_layer!r} must output (batch, members, classes) and "
-            f"gs_layer={gs_layer!r} (batch, members, ...); got {member_logits.shape} and "
-            f"{space.shape}."
-        )
-    if space.shape[1] != member_logits.shape[1]:
-        raise ValueError(
-            f"gs_layer={gs_layer!r} stacks {space.shape[1]} members but "
-            f"members_layer={members_layer!r} {member_logits.shape[1]}."
-        )
-    return keras.Model(space, member_logits, name=f"{model.name}_member_head")
-
-
-def _output_layer(head):
-    """The layer that produces `head`'s output, if it can be found."""
-    if isinstance(head, keras.Sequential):
-        return _output_layer(head.layers[-1]) if head.layers else None
-    if hasattr(head, "outputs") and getattr(head, "outputs", None):
-        layer = head.outputs[0]._keras_history.operation
-        return layer if layer is not head else None
-    if hasattr(head, "activation"):
-        return head
-    return None
-
-
-def _couples_batch(layer):
-    """Whether a layer normalises over the batch in training mode."""
-    return any(
-        isinstance(sub, keras.layers.BatchNormalization)
-        for sub in layer._flatten_layers(include_self=True)
-    )
-
-
-def _concat(a, b):
-    return keras.tree.map_structure(lambda u, v: ops.concatenate([u, v], axis=0), a, b)
-
-
-def _row_weights(sample_weight):
-    """Float32 `(2n,)` weights of the rows `[x_i; x_j]` of a batch of pairs,
-    from one weight per pair (both members) or a pair of per-member weights
-    `{"original": w_i, "counterfactual": w_j}`."""
-    if is_pair(sample_weight):
-        w_i, w_j = sample_weight[ORIGINAL], sample_weight[COUNTERFACTUAL]
-    else:
-        w_i = w_j = sample_weight
-    flat = lambda w: ops.cast(ops.reshape(w, (-1,)), "float32")  # noqa: E731
-    return ops.concatenate([flat(w_i), flat(w_j)], axis=0)
-
-
-def _densify(gradient):
-    # Sparse (IndexedSlices) embedding gradients make XLA recompile the step on
-    # every call with some optimizers (Adadelta): apply dense gradients.
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.convert_to_tensor(gradient)
-    return gradient
-
-
-def _global_sum(value):
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-    return value
+    loss: object
+    units: int
+    cos: object
+    valid: object
+    point_weight: object
+    labelled: object
+    active: object
+    forward: Forward
+    task: str
 
 
 @keras.saving.register_keras_serializable(package="cfkeras")
-class GradientSupervisionModel(keras.Model):
+class GradientSupervisionModel(PairTrainer):
     """Trains a Keras model with gradient supervision on counterfactual pairs.
 
     Implements Teney, Abbasnejad & van den Hengel, "Learning What Makes a
@@ -298,22 +186,24 @@ class GradientSupervisionModel(keras.Model):
         member_head = None
         if members_layer == "auto":
             has_members = (
-                model is not None and gs_layer is not None and _has_layer(model, MEMBER_LOGITS)
+                model is not None
+                and gs_layer is not None
+                and graph.has_layer(model, graph.MEMBER_LOGITS)
             )
-            members_layer = MEMBER_LOGITS if has_members else None
+            members_layer = graph.MEMBER_LOGITS if has_members else None
         if members_layer is not None:
             if model is None or gs_layer is None:
                 raise ValueError("`members_layer` needs `model` and `gs_layer`.")
             if multi_label_mode == "per_label":
                 raise ValueError("`members_layer` does not support multi_label_mode='per_label'.")
-            member_head = _member_head(model, gs_layer, members_layer)
+            member_head = graph.member_head(model, gs_layer, members_layer)
         if model is not None:
             if encoder is not None or head is not None:
                 raise ValueError("Pass either `model` or `encoder` and `head`, not both.")
             if gs_layer is None:
                 encoder, head = None, model
             else:
-                encoder, head = split_at_layer(model, gs_layer)
+                encoder, head = graph.split_at_layer(model, gs_layer)
         elif encoder is None or head is None:
             raise ValueError("Pass `model` (with `gs_layer`), or both `encoder` and `head`.")
         elif gs_layer is not None:
@@ -347,9 +237,8 @@ class GradientSupervisionModel(keras.Model):
         self.min_relative_distance = float(min_relative_distance)
         self.members_layer = members_layer
         self.member_head = member_head
-        self._head_couples_batch = _couples_batch(head)
+        self._head_couples_batch = graph.couples_batch(head)
 
-        self.main_loss_tracker = keras.metrics.Mean(name="main_loss")
         self.gs_loss_tracker = keras.metrics.Mean(name="gs_loss")
         self.gs_cosine_tracker = keras.metrics.Mean(name="gs_cosine")
         self.gs_supervised_tracker = keras.metrics.Mean(name="gs_supervised")
@@ -359,178 +248,136 @@ class GradientSupervisionModel(keras.Model):
         if head.built and (encoder is None or encoder.built):
             self.built = True
 
-    # === Forward ===
+    # === The GS term ===
 
-    def _encode(self, x, training):
-        if self.encoder is None:
-            return x
-        return self.encoder(x, training=training)
+    def gradient_supervision_term(self, h, y, row_weights=None, training=False):
+        """The GS term of a batch of pairs, from its points `h` in the GS space.
 
-    def _output_activation(self):
-        layer = _output_layer(self.head)
-        name = getattr(getattr(layer, "activation", None), "__name__", None)
-        return (layer, name) if name in _OUTPUT_ACTIVATIONS else (None, None)
+        `h` and `y` hold the `2n` rows `[x_i; x_j]`: row `r`'s partner is row
+        `(r + n) mod 2n`. In the shape of keras-io's WGAN-GP
+        `gradient_penalty`: an inner tape around the head, then the loss.
 
-    def _logits(self, h, training):
-        """Pre-activation logits of the head, and the activation it applies."""
-        layer, activation = self._output_activation()
-        if layer is None:
-            return self.head(h, training=training), None
-        saved = layer.activation
-        layer.activation = keras.activations.linear
-        try:
-            logits = self.head(h, training=training)
-        finally:
-            layer.activation = saved
-        return logits, activation
+        Args:
+            h: `(2n, ...)` points in the GS space (watched by the inner tape).
+            y: `(2n, ...)` their labels.
+            row_weights: optional `(2n,)` weight of each row.
+            training: run the head in training mode (inference mode for the
+                input gradient when the head couples the batch).
 
-    def _forward(self, h, training):
-        """`(logits, activation, member_logits)` at points `h` of the GS space.
-
-        For an ensemble (`members_layer`), `member_logits` stacks the members'
-        logits `(batch, members, classes)` and `logits` is their mean, the
-        ensemble's logits; otherwise `member_logits` is None.
+        Returns:
+            A `GSTerm`.
         """
-        if self.member_head is None:
-            logits, activation = self._logits(h, training)
-            return logits, activation, None
-        member_logits = self.member_head(h, training=training)
-        return ops.mean(member_logits, axis=1), self._output_activation()[1], member_logits
+        n = ops.shape(h)[0] // 2
+        partner = lambda t: ops.concatenate([t[n:], t[:n]], axis=0)  # noqa: E731
+        per_label = self.multi_label_mode == "per_label"
 
-    def _main_loss(self, x, y, y_pred, member_logits, activation, sample_weight, training):
-        """`(objective, reported)` main loss.
-
-        For an ensemble the objective is the sum over members of each
-        member's compiled loss (each member gets the gradient it would get
-        alone) and the reported value their mean; otherwise both are the
-        compiled loss of `y_pred`.
-        """
-        if member_logits is None:
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        # 1. Inner tape: the head's logits at the points h.
+        with tf.GradientTape(watch_accessed_variables=False, persistent=per_label) as tape:
+            tape.watch(h)
+            forward = self.forward(h, training and not self._head_couples_batch)
+            stacked = forward.member_logits is not None
+            logits = forward.member_logits if stacked else forward.logits
+            dtype = gs_losses.float_dtype(logits)
+            logits = ops.cast(logits, dtype)
+            # 2. The contrast logit z = sum_c w_c f_c: w from the labels of a
+            #    row and of its partner (sign convention: cfkeras.losses).
+            width = forward.logits.shape[-1]
+            weights = gs_losses.contrast_weights(
+                y, partner(y), width, self.class_selection, self.class_weights
             )
-            return loss, loss
-        members = member_logits.shape[1]
-        predictions = activate(member_logits, activation)
-        predictions = ops.reshape(predictions, (-1, member_logits.shape[-1]))
-        repeat = lambda t: None if t is None else ops.repeat(t, members, axis=0)
-        mean = self._compute_loss(
-            x=x,
-            y=repeat(y),
-            y_pred=predictions,
-            sample_weight=repeat(sample_weight),
-            training=training,
+            weights = ops.cast(weights, dtype)
+            # Members share no weights: the gradient of the sum over members
+            # is each member's own gradient, block-wise.
+            contrast = ops.sum((weights[:, None, :] if stacked else weights) * logits)
+        task = self._resolve_task(forward.activation, width)
+
+        # 3. The cosine between the input gradient of z and the step to the
+        #    partner; one per member slice of an ensemble's stacked space.
+        origin, target = h, partner(h)
+        if self.stop_target_gradient:
+            origin, target = ops.stop_gradient(origin), ops.stop_gradient(target)
+        if per_label and task == "multilabel":
+            cos, valid = self._per_label_cosines(tape, logits, h, weights, origin, target)
+        else:
+            units = logits.shape[1] if stacked else 1
+            per_unit = lambda a: ops.reshape(a, (ops.shape(a)[0] * units, -1))  # noqa: E731
+            origin, target = per_unit(origin), per_unit(target)
+            # A row's counterfactual norm is its partner's norm: computed once.
+            norms = ops.sum(ops.square(ops.cast(origin, dtype)), axis=-1)
+            partner_norms = ops.reshape(partner(ops.reshape(norms, (-1, units))), (-1,))
+            cos, valid = gs_losses.cosine_alignment(
+                per_unit(tape.gradient(contrast, h)),
+                origin,
+                target,
+                self.min_relative_distance,
+                squared_norms=(norms, partner_norms),
+            )
+            cos, valid = ops.reshape(cos, (-1, units)), ops.reshape(valid, (-1, units))
+        if self.gs_weight == 0:
+            # Reported, not differentiated: no second-order pass for nothing.
+            cos = ops.stop_gradient(cos)
+
+        # 4. Supervised points: labels that differ (a non-zero contrast), the
+        #    directions asked for, a positive weight, and a defined cosine.
+        rows = ops.shape(cos)[0]
+        active = ops.ones((rows,), "bool")
+        if not self.both_directions:
+            active = ops.arange(rows) < n
+        if row_weights is not None:
+            active = ops.logical_and(active, row_weights > 0)
+        labelled = ops.logical_and(ops.sum(ops.abs(weights), axis=-1) > 0, active)
+        supervised = ops.logical_and(labelled[:, None], valid)
+
+        # 5. Reduction: the weighted sum of 1 - cos over supervised points,
+        #    divided by their count over all replicas (summing the replicas'
+        #    gradients then gives the global mean); 0 when none is supervised.
+        point_weight = ops.cast(supervised, cos.dtype)
+        if row_weights is not None:
+            point_weight = point_weight * ops.cast(row_weights, cos.dtype)[:, None]
+        count = global_sum(ops.sum(point_weight))
+        loss = ops.sum(point_weight * (1.0 - cos)) / ops.where(count > 0, count, 1.0)
+        return GSTerm(loss, cos.shape[1], cos, valid, point_weight, labelled, active, forward, task)
+
+    def _per_label_cosines(self, tape, logits, h, weights, origin, target):
+        """`multi_label_mode="per_label"`: one cosine per changed label, the
+        mean over them weighted by `|w_c|`; `(2n, 1)` cosines and validity."""
+        width = logits.shape[-1]
+        # One input gradient per label (rows are independent), not
+        # `tape.batch_jacobian`: differentiating its pfor loop again under
+        # XLA makes the inputs compile-time constants, so the train step
+        # recompiled on every batch. Costs one backward pass per label.
+        ones = ops.ones_like(logits)
+        jacobian = ops.stack(
+            [
+                tape.gradient(
+                    logits, h, output_gradients=ones * ops.one_hot(c, width, dtype=logits.dtype)
+                )
+                for c in range(width)
+            ],
+            axis=1,
+        )  # (2n, C, ...)
+        rows = ops.shape(jacobian)[0]
+        jacobian = ops.reshape(jacobian, (rows * width, -1))
+        signs = ops.reshape(ops.sign(weights), (-1, 1))
+        repeat = lambda a: ops.repeat(ops.reshape(a, (rows, -1)), width, axis=0)  # noqa: E731
+        cos, valid = gs_losses.cosine_alignment(
+            jacobian * signs, repeat(origin), repeat(target), self.min_relative_distance
         )
-        # Regularisation losses are in `mean` once, and must stay once.
-        extra = [self._aggregate_additional_loss(loss) for loss in self.losses]
-        extra = ops.sum(ops.stack(extra)) if extra else ops.zeros((), mean.dtype)
-        return members * mean - (members - 1) * ops.cast(extra, mean.dtype), mean
-
-    def _resolve_task(self, activation, width):
-        if self.task != "auto":
-            return self.task
-        if activation == "softmax":
-            return "multiclass"
-        if width == 1:
-            return "binary"
-        return "multilabel" if activation == "sigmoid" else "multiclass"
-
-    def call(self, inputs, training=None):
-        if is_pair(inputs):
-            return {
-                key: self.call(inputs[key], training=training) for key in (ORIGINAL, COUNTERFACTUAL)
-            }
-        return self.head(self._encode(inputs, training), training=training)
+        label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(valid, weights.dtype)
+        label_weight = ops.reshape(label_weight, (rows, width))
+        total = ops.sum(label_weight, axis=-1)
+        valid = total > 0
+        cos = ops.sum(label_weight * ops.reshape(cos, (rows, width)), axis=-1)
+        cos = cos / ops.where(valid, total, ops.ones_like(total))
+        return cos[:, None], valid[:, None]
 
     # === Losses ===
 
-    def _gradient_supervision(self, h, y, training):
-        """Logits and GS statistics for the 2n rows `[x_i; x_j]` of a batch.
-
-        Returns `(logits, activation, member_logits, cos, valid,
-        has_contrast, task)`; `cos` and `valid` are `(2n, units)`, one unit
-        per ensemble member (one unit for a single model).
-        """
-        n = ops.shape(h)[0] // 2
-        y_partner = ops.concatenate([y[n:], y[:n]], axis=0)
-        per_label = self.multi_label_mode == "per_label"
-        with tf.GradientTape(watch_accessed_variables=False, persistent=per_label) as tape:
-            tape.watch(h)
-            logits, activation, member_logits = self._forward(
-                h, training and not self._head_couples_batch
-            )
-            outputs = logits if member_logits is None else member_logits
-            dtype = gs_losses.float_dtype(outputs)
-            logits32 = ops.cast(outputs, dtype)
-            width = logits.shape[-1]
-            weights = ops.cast(
-                gs_losses.contrast_weights(
-                    y, y_partner, width, self.class_selection, self.class_weights
-                ),
-                dtype,
-            )
-            # Every member's contrast; members share no weights, so the
-            # gradient of the sum is each member's own gradient, block-wise.
-            broadcast = weights if member_logits is None else weights[:, None, :]
-            contrast = ops.sum(broadcast * logits32)
-        task = self._resolve_task(activation, width)
-        h_partner = ops.concatenate([h[n:], h[:n]], axis=0)
-        origin, target = h, h_partner
-        if self.stop_target_gradient:
-            origin, target = ops.stop_gradient(h), ops.stop_gradient(h_partner)
-        has_contrast = ops.sum(ops.abs(weights), axis=-1) > 0
-        if per_label and task == "multilabel":
-            # One input gradient per label (rows are independent), not
-            # `tape.batch_jacobian`: differentiating its pfor loop again under
-            # XLA makes the inputs compile-time constants, so the train step
-            # recompiled on every batch. Costs one backward pass per label.
-            ones = ops.ones_like(logits32)
-            jacobian = ops.stack(
-                [
-                    tape.gradient(
-                        logits32,
-                        h,
-                        output_gradients=ones * ops.one_hot(c, width, dtype=dtype),
-                    )
-                    for c in range(width)
-                ],
-                axis=1,
-            )  # (2n, C, ...)
-            rows = ops.shape(jacobian)[0]
-            jacobian = ops.reshape(jacobian, (rows * width, -1))
-            signs = ops.reshape(ops.sign(weights), (-1, 1))
-            repeat = lambda a: ops.repeat(ops.reshape(a, (rows, -1)), width, axis=0)
-            cos, valid = gs_losses.cosine_alignment(
-                jacobian * signs,
-                repeat(origin),
-                repeat(target),
-                self.min_relative_distance,
-            )
-            label_weight = ops.reshape(ops.abs(weights), (-1,)) * ops.cast(valid, weights.dtype)
-            label_weight = ops.reshape(label_weight, (rows, width))
-            total = ops.sum(label_weight, axis=-1)
-            valid = total > 0
-            cos = ops.sum(label_weight * ops.reshape(cos, (rows, width)), axis=-1)
-            cos = cos / ops.where(valid, total, ops.ones_like(total))
-            cos, valid = cos[:, None], valid[:, None]
-        else:
-            gradient = tape.gradient(contrast, h)
-            units = 1 if member_logits is None else member_logits.shape[1]
-            # One cosine per member slice of the stacked GS space.
-            per_unit = lambda a: ops.reshape(a, (ops.shape(a)[0] * units, -1))
-            cos, valid = gs_losses.cosine_alignment(
-                per_unit(gradient), per_unit(origin), per_unit(target), self.min_relative_distance
-            )
-            cos, valid = ops.reshape(cos, (-1, units)), ops.reshape(valid, (-1, units))
-        if self._head_couples_batch and training:
-            logits, activation, member_logits = self._forward(h, training=True)
-        return logits, activation, member_logits, cos, valid, has_contrast, task
-
     def compute_pair_losses(self, x, y, sample_weight=None, training=False):
-        """The one loss routine of `train_step` and `test_step`.
+        """The one loss routine of `train_step` and `test_step` for pairs.
 
         Public so that the loss can be inspected and differentiated outside
-        `fit` (tests, benchmarks), with no weight update.
+        `fit` (tests, benchmarks, callbacks), with no weight update.
 
         Args:
             x: a pair of inputs `{"original": x_i, "counterfactual": x_j}`.
@@ -554,79 +401,48 @@ class GradientSupervisionModel(keras.Model):
             `flip_rate`, and the flattened `x`,
             `y`, `y_pred` and `sample_weight` of the main loss.
         """
-        if not is_pair(y):
-            raise ValueError(
-                "Paired inputs need paired labels: y must be "
-                f"{{'{ORIGINAL}': y_i, '{COUNTERFACTUAL}': y_j}}; received {y!r}."
-            )
-        x_i, x_j = x[ORIGINAL], x[COUNTERFACTUAL]
-        y_i, y_j = y[ORIGINAL], y[COUNTERFACTUAL]
-        _check_members(x_i, x_j, "inputs")
-        _check_members(y_i, y_j, "labels")
-        n = ops.shape(keras.tree.flatten(x_i)[0])[0]
-        x_all = _concat(x_i, x_j)
-        y_all = ops.concatenate([y_i, y_j], axis=0)
-        weight_all = None
-        if sample_weight is not None:
-            # Each row of [x_i; x_j] is weighted by its member's weight, in
-            # the main loss and in its GS term.
-            weight_all = _row_weights(sample_weight)
-            sample_weight = (weight_all[:n] + weight_all[n:]) / 2.0  # a pair's weight
-
+        y_i, y_j = (y[ORIGINAL], y[COUNTERFACTUAL]) if is_pair(y) else (None, None)
+        x_all, y_all, weight_all = flatten_pair_batch(x, y, sample_weight)
+        n = ops.shape(keras.tree.flatten(x_all)[0])[0] // 2
         h = self._encode(x_all, training)
         if isinstance(h, (list, tuple, dict)):
             raise ValueError(
                 "The GS space must be a single tensor; the encoder returns a structure."
             )
-        logits, activation, member_logits, cos, valid, has_contrast, task = (
-            self._gradient_supervision(h, y_all, training)
+
+        term = self.gradient_supervision_term(h, y_all, weight_all, training)
+        forward = term.forward
+        if self._head_couples_batch and training:
+            forward = self.forward(h, training=True)
+        y_pred = graph.activate(forward.logits, forward.activation)
+        main_objective, main_loss = self.main_loss(
+            x_all, y_all, y_pred, forward, weight_all, training
         )
-        y_pred = activate(logits, activation)
-        main_objective, main_loss = self._main_loss(
-            x_all, y_all, y_pred, member_logits, activation, weight_all, training
+        total = ops.cast(main_objective, term.loss.dtype) + self.gs_weight * term.units * (
+            term.loss
         )
 
-        if self.gs_weight == 0:
-            # The GS statistics are still reported, but not differentiated:
-            # no second-order backward pass when the term does not count.
-            cos = ops.stop_gradient(cos)
-        rows, units = ops.shape(cos)[0], cos.shape[1]
-        active = ops.ones((rows,), "bool")
-        if not self.both_directions:
-            active = ops.arange(rows) < n
-        if weight_all is not None:
-            active = ops.logical_and(active, weight_all > 0)
-        labelled = ops.logical_and(has_contrast, active)
-        supervised = ops.logical_and(labelled[:, None], valid)  # (rows, units)
-        unit_weight = ops.cast(supervised, cos.dtype)
-        if weight_all is not None:
-            unit_weight = unit_weight * ops.cast(weight_all, cos.dtype)[:, None]
-        local_sum = ops.sum(unit_weight * (1.0 - cos))
-        local_count = ops.sum(unit_weight)
-        global_count = _global_sum(local_count)
-        # Normalised by the global count so that summing replicas' gradients
-        # gives the global mean; safe when no point is supervised.
-        gs_loss = local_sum / ops.where(global_count > 0, global_count, 1.0)
-        main_objective = ops.cast(main_objective, gs_loss.dtype)
-        # An ensemble's members each add their own GS loss: `units` times the mean.
-        total = main_objective + self.gs_weight * units * gs_loss
-        reported = ops.cast(main_loss, gs_loss.dtype) + self.gs_weight * gs_loss
-
-        any_valid = ops.any(valid, axis=1)
-        valid_units = ops.cast(valid, cos.dtype)
-        valid_count = ops.sum(valid_units, axis=1)
-        point_cos = ops.sum(valid_units * cos, axis=1) / ops.maximum(valid_count, 1.0)
-        safe_count = ops.where(local_count > 0, local_count, 1.0)
-        both_correct, flipped = pair_metrics.pair_outcomes(logits[:n], logits[n:], y_i, y_j, task)
+        # Statistics: per replica, for the trackers and callbacks.
+        point_weight, cos = term.point_weight, term.cos
+        count = ops.sum(point_weight)
+        safe_count = ops.where(count > 0, count, 1.0)
+        any_valid = ops.any(term.valid, axis=1)
+        valid_units = ops.cast(term.valid, cos.dtype)
+        both_correct, flipped = pair_metrics.pair_outcomes(
+            forward.logits[:n], forward.logits[n:], y_i, y_j, term.task
+        )
+        pair_weight = None if weight_all is None else (weight_all[:n] + weight_all[n:]) / 2.0
         stats = {
-            "loss": reported,
+            # An ensemble reports the mean over members, comparable with one model.
+            "loss": ops.cast(main_loss, term.loss.dtype) + self.gs_weight * term.loss,
             "main_loss": main_loss,
-            "gs_loss": (local_sum / safe_count, local_count),
-            "gs_cosine": (ops.sum(unit_weight * cos) / safe_count, local_count),
-            "gs_supervised": ops.cast(ops.logical_and(labelled, any_valid), "float32"),
-            "gs_cosine_per_point": point_cos,
+            "gs_loss": (ops.sum(point_weight * (1.0 - cos)) / safe_count, count),
+            "gs_cosine": (ops.sum(point_weight * cos) / safe_count, count),
+            "gs_supervised": ops.cast(ops.logical_and(term.labelled, any_valid), "float32"),
+            "gs_cosine_per_point": ops.sum(valid_units * cos, axis=1)
+            / ops.maximum(ops.sum(valid_units, axis=1), 1.0),
             "gs_skipped": ops.sum(
-                ops.cast(ops.logical_and(labelled, ops.logical_not(any_valid)), "float32")
+                ops.cast(ops.logical_and(term.labelled, ops.logical_not(any_valid)), "float32")
             ),
             "pair_accuracy": ops.cast(both_correct, "float32"),
             "flip_rate": ops.cast(flipped, "float32"),
@@ -634,134 +450,118 @@ class GradientSupervisionModel(keras.Model):
             "y": y_all,
             "y_pred": y_pred,
             "sample_weight": weight_all,
-            "pair_weight": sample_weight,
-            "active_weight": ops.cast(active, "float32"),
+            "pair_weight": pair_weight,
+            "active_weight": ops.cast(term.active, "float32"),
         }
         return total, stats
 
-    # === Steps ===
+    def compute_unpaired_losses(self, x, y, sample_weight=None, training=False):
+        """The main loss of an unpaired batch (an out-of-domain test set, or the
+        augmentation baseline trained through the very same step)."""
+        forward = self.forward(self._encode(x, training), training)
+        y_pred = graph.activate(forward.logits, forward.activation)
+        objective, loss = self.main_loss(x, y, y_pred, forward, sample_weight, training)
+        stats = {"loss": loss, "main_loss": loss, "x": x, "y": y, "y_pred": y_pred}
+        return objective, dict(stats, sample_weight=sample_weight)
 
-    def _update_trackers(self, stats):
-        from keras.src.losses.loss import unscale_loss_for_distribution
+    def main_loss(self, x, y, y_pred, forward, sample_weight, training):
+        """`(objective, reported)` main loss of the rows `x`, `y`.
 
-        batch = ops.shape(stats["y_pred"])[0]
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(stats["loss"]), sample_weight=batch
-        )
-        self.main_loss_tracker.update_state(
-            unscale_loss_for_distribution(stats["main_loss"]), sample_weight=batch
-        )
-        if "gs_loss" in stats:
-            self.gs_loss_tracker.update_state(*stats["gs_loss"])
-            self.gs_cosine_tracker.update_state(*stats["gs_cosine"])
-            self.gs_supervised_tracker.update_state(
-                stats["gs_supervised"], sample_weight=stats["active_weight"]
-            )
-            self.gs_skipped_tracker.update_state(stats["gs_skipped"])
-            self.pair_accuracy_tracker.update_state(
-                stats["pair_accuracy"], sample_weight=stats["pair_weight"]
-            )
-            self.flip_rate_tracker.update_state(
-                stats["flip_rate"], sample_weight=stats["pair_weight"]
-            )
-        logs = self.compute_metrics(
-            stats["x"],
-            stats["y"],
-            stats["y_pred"],
-            sample_weight=stats["sample_weight"],
-        )
-        if "gs_loss" not in stats:
-            logs = {key: value for key, value in logs.items() if key not in _GS_METRICS}
-        return logs
-
-    def _step_losses(self, x, y, sample_weight, training):
-        """Total loss and tracker inputs for paired or unpaired data.
-
-        Unpaired data (an out-of-domain test set, or the augmentation baseline
-        trained through the same step) gets the main loss only.
+        For an ensemble the objective is the sum over members of each
+        member's compiled loss (each member gets the gradient it would get
+        alone) and the reported value their mean; otherwise both are the
+        compiled loss of `y_pred`.
         """
-        if is_pair(x):
-            return self.compute_pair_losses(x, y, sample_weight, training=training)
-        if is_pair(y):
-            raise ValueError(
-                "Paired labels need paired inputs: x must be "
-                f"{{'{ORIGINAL}': x_i, '{COUNTERFACTUAL}': x_j}}; received {x!r}."
-            )
-        logits, activation, member_logits = self._forward(self._encode(x, training), training)
-        y_pred = activate(logits, activation)
-        objective, loss = self._main_loss(
-            x, y, y_pred, member_logits, activation, sample_weight, training
+        if forward.member_logits is None:
+            loss = _keras_private.compute_loss(self, x, y, y_pred, sample_weight, training)
+            return loss, loss
+        members, classes = forward.member_logits.shape[1:]
+        # Reshape the logits, then activate: Keras's cross-entropies read the
+        # logits that sigmoid/softmax cache on their output; activated then
+        # reshaped, the loss came from probabilities clipped to [1e-7, 1 - 1e-7]
+        # and a saturated member got no gradient.
+        flat = ops.reshape(forward.member_logits, (-1, classes))
+        predictions = graph.activate(flat, forward.activation)
+        repeat = lambda t: None if t is None else ops.repeat(t, members, axis=0)  # noqa: E731
+        mean = _keras_private.compute_loss(
+            self, x, repeat(y), predictions, repeat(sample_weight), training
         )
-        stats = {
-            "loss": loss,
-            "main_loss": loss,
-            "x": x,
-            "y": y,
-            "y_pred": y_pred,
-            "sample_weight": sample_weight,
-        }
-        return objective, stats
+        # Regularisation losses are in `mean` once, and must stay once.
+        extra = [_keras_private.aggregate_additional_loss(self, loss) for loss in self.losses]
+        extra = ops.sum(ops.stack(extra)) if extra else ops.zeros((), mean.dtype)
+        return members * mean - (members - 1) * ops.cast(extra, mean.dtype), mean
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            total, stats = self._step_losses(x, y, sample_weight, training=True)
-            scaled = self.optimizer.scale_loss(total) if self.optimizer is not None else total
-        variables = self.trainable_weights
-        gradients = [_densify(g) for g in tape.gradient(scaled, variables)]
-        self.optimizer.apply(gradients, variables)
-        return self._update_trackers(stats)
+    # === Trackers ===
 
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        total, stats = self._step_losses(x, y, sample_weight, training=False)
-        return self._update_trackers(stats)
+    def pair_trackers(self):
+        return [
+            self.gs_loss_tracker,
+            self.gs_cosine_tracker,
+            self.gs_supervised_tracker,
+            self.gs_skipped_tracker,
+            self.pair_accuracy_tracker,
+            self.flip_rate_tracker,
+        ]
 
-    # === Keras plumbing ===
-
-    def _resolve_auto_jit_compile(self):
-        # Keras resolves `jit_compile="auto"` to False on CPU, where XLA was
-        # measured 1.6-2.8x faster for the GS step: use XLA unless a
-        # distribution strategy is active (XLA with MirroredStrategy on
-        # logical devices fails in TensorFlow itself).
-        if tf.distribute.has_strategy() or self._distribute_strategy is not None:
-            return False
-        return keras.src.trainers.trainer.model_supports_jit(self)
-
-    def _symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds the compiled loss and metrics from one batch's (x, y):
-        # give it one member of the pair, which is what `call` and the losses see.
-        if data_batch is not None:
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data_batch)
-            if is_pair(x):
-                y = y[ORIGINAL] if is_pair(y) else y
-                data_batch = (x[ORIGINAL], y, sample_weight)
-        return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def export(
-        self,
-        filepath,
-        format="tf_saved_model",
-        verbose=None,
-        input_signature=None,
-        **kwargs,
-    ):
-        """`keras.Model.export` whose `serve` takes single (unpaired) inputs."""
-        inputs = _symbolic_input(self.model if self.model is not None else self.encoder)
-        if input_signature is None and inputs is not None:
-            input_signature = [
-                keras.tree.map_structure(
-                    lambda t: tf.TensorSpec(t.shape, t.dtype, name=t.name),
-                    inputs,
-                )
-            ]
-        return super().export(
-            filepath,
-            format=format,
-            verbose=verbose,
-            input_signature=input_signature,
-            **kwargs,
+    def update_pair_trackers(self, stats):
+        self.gs_loss_tracker.update_state(*stats["gs_loss"])
+        self.gs_cosine_tracker.update_state(*stats["gs_cosine"])
+        self.gs_supervised_tracker.update_state(
+            stats["gs_supervised"], sample_weight=stats["active_weight"]
         )
+        self.gs_skipped_tracker.update_state(stats["gs_skipped"])
+        self.pair_accuracy_tracker.update_state(
+            stats["pair_accuracy"], sample_weight=stats["pair_weight"]
+        )
+        self.flip_rate_tracker.update_state(stats["flip_rate"], sample_weight=stats["pair_weight"])
+
+    # === Forward ===
+
+    def _encode(self, x, training):
+        if self.encoder is None:
+            return x
+        return self.encoder(x, training=training)
+
+    def _output_activation(self):
+        """The head's output layer and its activation, if sigmoid/softmax."""
+        layer = graph.output_layer(self.head)
+        name = getattr(getattr(layer, "activation", None), "__name__", None)
+        return (layer, name) if name in graph.OUTPUT_ACTIVATIONS else (None, None)
+
+    def forward(self, h, training):
+        """The head's `Forward` outputs (logits, not probabilities) at points `h`."""
+        layer, activation = self._output_activation()
+        if self.member_head is not None:
+            member_logits = self.member_head(h, training=training)
+            return Forward(ops.mean(member_logits, axis=1), activation, member_logits)
+        if layer is None:
+            return Forward(self.head(h, training=training), None, None)
+        saved = layer.activation
+        layer.activation = keras.activations.linear
+        try:
+            logits = self.head(h, training=training)
+        finally:
+            layer.activation = saved
+        return Forward(logits, activation, None)
+
+    def _resolve_task(self, activation, width):
+        if self.task != "auto":
+            return self.task
+        if activation == "softmax":
+            return "multiclass"
+        if width == 1:
+            return "binary"
+        return "multilabel" if activation == "sigmoid" else "multiclass"
+
+    def call(self, inputs, training=None):
+        if is_pair(inputs):
+            return {
+                key: self.call(inputs[key], training=training) for key in (ORIGINAL, COUNTERFACTUAL)
+            }
+        return self.head(self._encode(inputs, training), training=training)
+
+    def serving_model(self):
+        return self.model if self.model is not None else self.encoder
 
     # === Config ===
 
@@ -797,23 +597,3 @@ class GradientSupervisionModel(keras.Model):
                     copy.deepcopy(config[key]), custom_objects=custom_objects
                 )
         return cls(**config)
-
-
-def _check_members(a, b, what):
-    """Static check that the two members of a pair have the same structure and shapes."""
-    try:
-        keras.tree.assert_same_structure(a, b)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"The original and counterfactual {what} of a pair differ in structure: {error}"
-        ) from error
-    for u, v in zip(keras.tree.flatten(a), keras.tree.flatten(b)):
-        su, sv = tuple(u.shape)[1:], tuple(v.shape)[1:]
-        compatible = len(su) == len(sv) and all(
-            p is None or q is None or p == q for p, q in zip(su, sv)
-        )
-        if not compatible or u.dtype != v.dtype:
-            raise ValueError(
-                f"The original and counterfactual {what} of a pair must have the same "
-                f"shape and dtype; got {tuple(u.shape)} {u.dtype} and {tuple(v.shape)} {v.dtype}."
-            )

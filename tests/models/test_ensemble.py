@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import cfkeras
 from cfkeras.models.ensemble import GS_SPACE, StackedEnsemble, stacked_ensemble
@@ -276,8 +277,8 @@ def test_gradient_supervision_on_the_ensemble_is_per_member():
     member_main = []
     labels = np.concatenate([y_i, 1 - y_i])
     for m in ensemble.members:
-        p = np.clip(sigmoid(np.asarray(m(origin))[:, 0]), 1e-7, 1 - 1e-7)
-        member_main.append(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+        f = np.asarray(m(origin), np.float64)[:, 0]  # logits: the loss is not clipped
+        member_main.append(np.mean(np.logaddexp(0, f) - labels * f))
     np.testing.assert_allclose(stats["main_loss"], np.mean(member_main), rtol=1e-5)
     expected_total = np.sum(member_main) + np.sum(1 - cosines.mean(0))
     np.testing.assert_allclose(total, expected_total, rtol=1e-5)
@@ -300,6 +301,56 @@ def test_gradient_supervision_trains_each_member_exactly_as_if_alone():
         for trained, reference in zip(ensemble.members[k].get_weights(), alone.get_weights()):
             np.testing.assert_allclose(trained, reference, rtol=1e-5, atol=1e-6)
         assert not np.allclose(ensemble.members[k].get_weights()[0], weights[0])
+
+
+@pytest.mark.parametrize("activation, classes", [("sigmoid", 1), ("softmax", 3)])
+@pytest.mark.parametrize("paired", [True, False])
+def test_saturated_member_gets_the_gradient_it_gets_alone(activation, classes, paired):
+    # Member 0 is saturated the wrong way (bias -20 on its true class, +20
+    # elsewhere), member 1 half-way (-10). Probabilities clipped to
+    # [1e-7, 1 - 1e-7] gave member 0 a main-loss gradient of exactly 0.
+    members = [
+        dense_member(seed=k, inputs=3, hidden=4, classes=classes, activation=activation)
+        for k in range(2)
+    ]
+    pairs = _gs_pairs(seed=3, n=4)
+    if classes > 1:
+        pairs = cfkeras.Pairs(
+            pairs.original, pairs.counterfactual, np.zeros(4, "int32"), np.full(4, 2, "int32")
+        )
+    loss = "binary_crossentropy" if classes == 1 else "sparse_categorical_crossentropy"
+    for member, bias in zip(members, (20.0, 10.0)):
+        layer = member.get_layer("output")
+        kernel = layer.get_weights()[0]
+        # Binary: the logit -bias on every example; softmax: class 1 (never a label) +bias.
+        set_dense(layer, kernel, [-bias] if classes == 1 else [0.0, bias, 0.0])
+    initial = [m.get_weights() for m in members]
+    ensemble = StackedEnsemble(members, gs_layer="hidden")
+    gs = cfkeras.GradientSupervisionModel(ensemble, gs_layer=GS_SPACE, gs_weight=1.0)
+    gs.compile(optimizer="sgd", loss=loss)
+    x, y = next(iter(pairs.to_dataset(batch_size=4, shuffle=False)))
+    if not paired:
+        x, y = x["original"], y["original"]
+    if classes == 1:
+        y = keras.tree.map_structure(lambda t: tf.ones_like(t), y)  # positives at logit -20
+
+    def gradients(model, variables):
+        with tf.GradientTape() as tape:
+            total, _ = model.compute_step_losses(x, y, training=True)
+        return [np.asarray(g) for g in tape.gradient(total, variables)]
+
+    for k, weights in enumerate(initial):
+        alone = dense_member(inputs=3, hidden=4, classes=classes, activation=activation)
+        alone.set_weights(weights)
+        alone_gs = cfkeras.GradientSupervisionModel(alone, gs_layer="hidden", gs_weight=1.0)
+        alone_gs.compile(optimizer="sgd", loss=loss)
+        expected = gradients(alone_gs, alone.trainable_weights)
+        member = ensemble.members[k]
+        found = gradients(gs, member.trainable_weights)
+        for g, e in zip(found, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+        bias_gradient = expected[-1]
+        assert np.max(np.abs(bias_gradient)) > 0.1  # saturated, yet a real gradient
 
 
 def test_unpaired_fit_through_gradient_supervision_trains_each_member_alone():
