@@ -24,7 +24,8 @@ processes used meanwhile (`common.time_steps`/`summarize`). The report gives
 the median over repetitions of per-repetition ratios with p10-p90, first-call
 (compile) time, and peak memory = max RSS of a fresh subprocess minus its RSS
 once the framework is imported (`/proc/self/status`, peak reset before the
-model and data are built).
+model and data are built). This script measures and orchestrates; `gs_report.py`
+summarizes and renders the results.
 
 Usage (from the repository root, on an idle machine):
 
@@ -54,8 +55,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import gs_report  # noqa: E402
 import gs_setup  # noqa: E402
-from process_memory import reset_peak_rss, status_kb  # noqa: E402
+from process_memory import print_peak, reset_peak_rss, status_kb  # noqa: E402
 
 REPO = gs_setup.REPO
 CONFIGS = ("M1_B256", "M2_B32", "M2_B512", "M3_B512")
@@ -66,11 +68,6 @@ MODES = ("gs", "plain", "gs0")
 # Peak memory is measured for these cfkeras variants and every timed peer variant.
 CFKERAS_MEMORY_VARIANTS = ("fit", "raw")
 TOLERANCE = 1e-4
-# Targets of issue 6: cfkeras GS step / fastest peer's GS step.
-PEER_TARGET = {"M2_B32": 1.1, "M2_B512": 1.1, "M1_B256": 1.25, "M3_B512": 1.25}
-FIT_OVERHEAD_TARGET = 1.05
-ADADELTA_TARGET = 1.2
-BUSY = 0.1  # cores used by other processes above which a window is not idle
 
 
 # === Worker: cfkeras in this process ===
@@ -224,16 +221,9 @@ def worker(args):
                     baseline = status_kb("VmRSS")
                     reset = reset_peak_rss()
                     _run_variant(common, cfg, mode, variant, warmup=1)
-                    record = {
-                        "framework": "cfkeras",
-                        "variant": variant,
-                        "cfg": cfg,
-                        "mode": mode,
-                        "peak_mb": (status_kb("VmHWM") - baseline) / 1024,
-                        "baseline_mb": baseline / 1024,
-                        "peak_reset": reset,
-                    }
-                    print("MEMORY " + json.dumps(record), flush=True)
+                    print_peak(
+                        baseline, reset, framework="cfkeras", variant=variant, cfg=cfg, mode=mode
+                    )
                     continue
                 stats = _run_variant(common, cfg, mode, variant, warmup, args.profile_dir)
                 stats["threads"] = threads
@@ -279,12 +269,16 @@ def _records(out_dir):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _worker_command(args, *options):
+    """This script as a cfkeras worker: `--worker`, `options`, threads and shared folder."""
+    command = [sys.executable, str(HERE / "gs_step.py"), "--worker", *options]
+    return command + ["--threads", str(args.threads), "--shared", str(args.shared)]
+
+
 def _timing_command(args, framework, cfg, pythons):
     if framework == "cfkeras":
-        command = [sys.executable, str(HERE / "gs_step.py"), "--worker", "--cfg", cfg]
-        command += ["--variants", *args.variants, "--modes", *args.modes]
-        command += ["--threads", str(args.threads), "--shared", str(args.shared)]
-        return command + (["--smoke"] if args.smoke else [])
+        options = ["--cfg", cfg, "--variants", *args.variants, "--modes", *args.modes]
+        return _worker_command(args, *options) + (["--smoke"] if args.smoke else [])
     command = [pythons[framework], str(Path(args.shared) / PEER_SCRIPTS[framework])]
     command += ["--cfg", cfg, "--threads", str(args.threads)]
     if framework == "torch":
@@ -294,9 +288,8 @@ def _timing_command(args, framework, cfg, pythons):
 
 def _memory_command(args, framework, cfg, variant, mode, pythons):
     if framework == "cfkeras":
-        command = [sys.executable, str(HERE / "gs_step.py"), "--worker", "--memory"]
-        command += ["--cfg", cfg, "--variants", variant, "--modes", mode]
-        return command + ["--threads", str(args.threads), "--shared", str(args.shared)]
+        options = ["--cfg", cfg, "--variants", variant, "--modes", mode]
+        return _worker_command(args, "--memory", *options)
     command = [pythons[framework], str(HERE / "peer_memory.py"), "--framework", framework]
     command += ["--shared", str(args.shared), "--cfg", cfg, "--variant", variant]
     return command + ["--mode", mode, "--threads", str(args.threads)]
@@ -338,6 +331,11 @@ def _git():
         return result.stdout.strip()
 
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def _command_line():
+    """This run's command, relative to the repository root (for the report)."""
+    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
 def run_benchmark(args):
@@ -390,7 +388,7 @@ def run_benchmark(args):
                                 memory.append(json.loads(line[len("MEMORY ") :]))
     log.close()
     report = {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "command": _command_line(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(),
         "git": _git(),
@@ -400,221 +398,18 @@ def run_benchmark(args):
             "reps": args.reps,
             "threads": args.threads,
             "interleaving": "per repetition and config, framework order rotated each repetition",
-            "busy_threshold_cores": BUSY,
+            "busy_threshold_cores": gs_report.BUSY,
         },
         "notes": Path(args.notes).read_text() if args.notes else None,
         "runs": records,
         "memory": memory,
-        "summary": summarize(records, memory, args.cfg),
+        "summary": gs_report.summarize(records, memory, args.cfg),
     }
     stem = out_dir / args.name
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    text = gs_report.markdown(report)
+    gs_report.write(stem, report, text)
+    print(text)
     print(f"wrote {stem}.json and {stem}.md", flush=True)
-
-
-# === Summary ===
-
-
-def _spread(values):
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if not values:
-        return None
-    return {
-        "median": float(np.median(values)),
-        "p10": float(np.percentile(values, 10)),
-        "p90": float(np.percentile(values, 90)),
-        "n": len(values),
-    }
-
-
-def summarize(records, memory, cfgs):
-    """Medians over repetitions of per-repetition figures and ratios, per config."""
-    index = {(r["rep"], r["cfg"], r["framework"], r["variant"], r["mode"]): r for r in records}
-    reps = sorted({r["rep"] for r in records})
-    return {cfg: _summarize_cfg(cfg, index, reps, records, memory) for cfg in cfgs}
-
-
-def _ratio(a, b):
-    return a / b if a is not None and b else None
-
-
-def _summarize_cfg(cfg, index, reps, records, memory):
-    keys = sorted({(f, v, m) for (_, c, f, v, m) in index if c == cfg})
-    peaks = {
-        (m["framework"], m["variant"], m["mode"]): m["peak_mb"] for m in memory if m["cfg"] == cfg
-    }
-    steps = {}
-    for framework, variant, mode in keys:
-        runs = [index.get((rep, cfg, framework, variant, mode)) for rep in reps]
-        runs = [r for r in runs if r]
-        steps[f"{framework}/{variant}/{mode}"] = {
-            "ms": _spread([r["median_ms"] for r in runs]),
-            "first_call_s": _spread([r.get("first_call_s") for r in runs]),
-            "other_cores_max": max(r.get("other_cores", 0.0) for r in runs),
-            "in_call_ms": _spread([r.get("in_call_ms") for r in runs]),
-            "fit_wall_per_step_ms": _spread([r.get("fit_wall_per_step_ms") for r in runs]),
-            "fit_setup_ms": _spread([r.get("fit_setup_ms") for r in runs]),
-            "peak_mb": peaks.get((framework, variant, mode)),
-        }
-
-    def ms(rep, framework, variant, mode):
-        r = index.get((rep, cfg, framework, variant, mode))
-        return r["median_ms"] if r else None
-
-    def per_rep(a, b):
-        """Spread over repetitions of ms(a) / ms(b); a, b = (framework, variant, mode)."""
-        return _spread([_ratio(ms(rep, *a), ms(rep, *b)) for rep in reps])
-
-    peers = sorted({(f, v) for f, v, _ in keys if f != "cfkeras"})
-    fastest = {}
-    for rep in reps:
-        times = [(ms(rep, f, v, "gs"), f"{f}/{v}") for f, v in peers]
-        times = [t for t in times if t[0] is not None]
-        fastest[rep] = min(times) if times else (None, None)
-    ratios = {}
-    for variant in sorted({v for f, v, _ in keys if f == "cfkeras"}):
-        ratios[f"cfkeras/{variant} GS / fastest peer GS"] = _spread(
-            [_ratio(ms(rep, "cfkeras", variant, "gs"), fastest[rep][0]) for rep in reps]
-        )
-    for framework, variant in sorted({(f, v) for f, v, _ in keys}):
-        ratios[f"{framework}/{variant} GS / plain"] = per_rep(
-            (framework, variant, "gs"), (framework, variant, "plain")
-        )
-    for mode in ("gs", "plain"):
-        raw = ("cfkeras", "raw", mode)
-        ratios[f"cfkeras fit / raw ({mode})"] = per_rep(("cfkeras", "fit", mode), raw)
-        ratios[f"cfkeras fit_spe8 / raw ({mode})"] = per_rep(("cfkeras", "fit_spe8", mode), raw)
-        ratios[f"cfkeras Adadelta / Adam, fit ({mode})"] = per_rep(
-            ("cfkeras", "fit_adadelta", mode), ("cfkeras", "fit", mode)
-        )
-    ratios["cfkeras gs_weight=0 / plain, fit"] = per_rep(
-        ("cfkeras", "fit", "gs0"), ("cfkeras", "fit", "plain")
-    )
-    ratios = {k: v for k, v in ratios.items() if v is not None}
-    return {
-        "steps": steps,
-        "fastest_peer_per_rep": [fastest[rep][1] for rep in reps],
-        "ratios": ratios,
-        "targets": _targets(cfg, ratios, peers),
-        "busy_windows": sorted(
-            f"rep {r['rep']} {r['framework']}/{r['variant']}/{r['mode']}: {r['other_cores']}"
-            for r in records
-            if r["cfg"] == cfg and r.get("other_cores", 0.0) > BUSY
-        ),
-    }
-
-
-def _targets(cfg, ratios, peers):
-    def median(key):
-        return ratios[key]["median"] if key in ratios else None
-
-    def target(value, limit):
-        return {"value": value, "target": limit, "met": value <= limit}
-
-    theirs = [median(f"{f}/{v} GS / plain") for f, v in peers]
-    theirs = [t for t in theirs if t is not None]
-    candidates = {
-        "fit GS <= target x fastest peer": (
-            median("cfkeras/fit GS / fastest peer GS"),
-            PEER_TARGET[cfg],
-        ),
-        "GS/plain <= best peer's": (
-            median("cfkeras/fit GS / plain"),
-            min(theirs) if theirs else None,
-        ),
-        "fit / raw step": (median("cfkeras fit / raw (gs)"), FIT_OVERHEAD_TARGET),
-        "Adadelta / Adam under XLA": (
-            median("cfkeras Adadelta / Adam, fit (gs)"),
-            ADADELTA_TARGET,
-        ),
-    }
-    return {
-        name: target(value, limit)
-        for name, (value, limit) in candidates.items()
-        if value is not None and limit is not None
-    }
-
-
-def _fmt(spread, digits=2):
-    if not spread:
-        return "-"
-    return f"{spread['median']:.{digits}f} ({spread['p10']:.{digits}f}-{spread['p90']:.{digits}f})"
-
-
-def markdown(report):
-    lines = [
-        "# GS step: cfkeras vs JAX and PyTorch",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Date: {report['date']}; commit {report['git']['commit'][:12]}"
-        + (" (uncommitted changes)" if report["git"]["dirty"] else ""),
-        "",
-        "Machine: " + ", ".join(f"{k}={v}" for k, v in report["machine"].items() if v is not None),
-        "",
-        "Frameworks: "
-        + "; ".join(
-            json.dumps(h) if h and "line" not in h else (h or {}).get("line", "?")
-            for h in report["frameworks"].values()
-        ),
-        "",
-        f"Protocol: {report['protocol']['reps']} repetitions, {report['protocol']['threads']} "
-        "threads, frameworks interleaved (fresh subprocess per repetition and config, order "
-        "rotated); figures are the median over repetitions (p10-p90 across repetitions); "
-        "ratios are medians of per-repetition ratios. Peak memory: max RSS of a fresh "
-        "subprocess minus its RSS after importing the framework.",
-        "",
-    ]
-    if report["smoke"]:
-        lines += ["**Smoke run (3 timed steps): the numbers are not measurements.**", ""]
-    for cfg, s in report["summary"].items():
-        lines += [
-            f"## {cfg}",
-            "",
-            "| framework/variant | GS ms | plain ms | GS/plain | first call s (GS) "
-            "| peak MB GS / plain | other cores (max) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        names = sorted({k.rsplit("/", 1)[0] for k in s["steps"]})
-        for name in names:
-            gs = s["steps"].get(f"{name}/gs", {})
-            plain = s["steps"].get(f"{name}/plain", {})
-            ratio = s["ratios"].get(f"{name} GS / plain")
-            peaks = [gs.get("peak_mb"), plain.get("peak_mb")]
-            peak = " / ".join("-" if p is None else f"{p:.0f}" for p in peaks)
-            busy = max(gs.get("other_cores_max", 0.0), plain.get("other_cores_max", 0.0))
-            lines.append(
-                f"| {name} | {_fmt(gs.get('ms'))} | {_fmt(plain.get('ms'))} | {_fmt(ratio)} "
-                f"| {_fmt(gs.get('first_call_s'))} | {peak} | {busy:.2f} |"
-            )
-        lines += ["", "| ratio | median (p10-p90) |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v, 3)} |" for k, v in s["ratios"].items()]
-        lines += ["", "| target | value | target | met |", "|---|---|---|---|"]
-        lines += [
-            f"| {k} | {t['value']:.3f} | {t['target']:.3f} | {'yes' if t['met'] else '**no**'} |"
-            for k, t in s["targets"].items()
-        ]
-        fits = {k: v for k, v in s["steps"].items() if k.startswith("cfkeras/fit")}
-        if fits:
-            lines += [
-                "",
-                "| cfkeras fit | step ms | in train_function ms | fit wall / step ms "
-                "| fit setup ms |",
-                "|---|---|---|---|---|",
-            ]
-            lines += [
-                f"| {k[len('cfkeras/') :]} | {_fmt(v['ms'])} | {_fmt(v['in_call_ms'])} "
-                f"| {_fmt(v['fit_wall_per_step_ms'])} | {_fmt(v['fit_setup_ms'], 1)} |"
-                for k, v in fits.items()
-            ]
-        if s["busy_windows"]:
-            lines += ["", f"Not idle (other processes > {BUSY} core): rerun these."]
-            lines += [f"- {w}" for w in s["busy_windows"]]
-        lines.append("")
-    if report.get("notes"):
-        lines += ["## Notes", "", report["notes"].strip(), ""]
-    return "\n".join(lines)
 
 
 # === Check ===
@@ -639,7 +434,7 @@ def run_check(args):
     os.environ["GS_BENCH_OUT"] = str(out)
     _configure_threads(args.threads)
     common = gs_setup.load_common(args.shared)
-    rows, failures, results = [], [], {}
+    failures, results = [], {}
     for cfg in args.cfg:
         r = gs_setup.check(common, cfg, fd=not args.no_fd)
         common.save_check("cfkeras", cfg, r["main"], r["gs"], r["gradients"])
@@ -677,72 +472,22 @@ def run_check(args):
         failures += [f"{cfg}: {b}" for b in bad]
         entry["errors"] = errors
         results[cfg] = entry
-        rows.append((cfg, r, errors, entry))
-    text = _check_markdown(rows, args)
-    print(text)
+    print(gs_report.check_table(results))
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        stem = Path(args.out_dir) / "gs_check"
-        command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
         report = {
-            "command": command,
+            "command": _command_line(),
             "machine": _machine(),
             "git": _git(),
             "tolerance": TOLERANCE,
             "results": results,
         }
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        stem.with_suffix(".md").write_text(f"Command: `{command}`\n\n{text}\n")
+        gs_report.write(Path(args.out_dir) / "gs_check", report, gs_report.check_markdown(report))
     if failures:
         print("DISAGREEMENT:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
     print(f"all agree to {TOLERANCE:g} relative", flush=True)
     return 0
-
-
-def _check_markdown(rows, args):
-    lines = [
-        "## cfkeras GS step vs the float64 NumPy reference and the peers",
-        "",
-        "Relative errors (weights before any update). Loss: |a - b| / |b|. Gradients vs "
-        "NumPy: |<g, v> - central difference of main + LAM * GS along v| over unit "
-        "directions v (the gradient's own and a random one), divided by the norm of the "
-        "whole gradient. Gradients vs a peer: max |a - b| over a tensor divided by the "
-        "largest |gradient entry| of the model, leaving out the entries of ReLU ties "
-        "(hidden units whose pre-activation on some row is within float32 rounding of 0 "
-        "and on different sides in cfkeras's float32 and in float64: the GS loss depends "
-        "on the ReLU pattern, so such a unit switches its whole gradient column); "
-        "with them in brackets, then the worst tensor relative to its own largest entry.",
-        "",
-        "| cfg | GS loss cfkeras / NumPy | main vs NumPy | GS vs NumPy | common's EPS effect "
-        "| grads vs NumPy | vs torch: GS, grads (with ties) [worst tensor] "
-        "| vs jax: GS, grads (with ties) [worst tensor] | supervised rows | ReLU ties |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for cfg, r, errors, entry in rows:
-        fd = errors.get("grads vs NumPy (central differences)")
-        cells = []
-        for framework in ("torch", "jax"):
-            peer = entry.get(framework)
-            if peer is None:
-                cells.append("-")
-                continue
-            name, worst = max(peer["grad_per_tensor"].items(), key=lambda kv: kv[1])
-            cells.append(
-                f"{peer['gs_rel']:.1e}, {max(peer['grad_per_model'].values()):.1e} "
-                f"({peer['grad_per_model_with_ties']:.1e}) [{name}: {worst:.1e}]"
-            )
-        ties = "; ".join(
-            f"layer {k} unit {u} row {row}: {z64:+.1e} (float64) vs {z32:+.1e}"
-            for k, u, row, z64, z32 in r["relu_ties"]
-        )
-        lines.append(
-            f"| {cfg} | {r['gs']:.7f} / {r['ref_gs']:.7f} | {r['main_rel']:.1e} "
-            f"| {r['gs_rel']:.1e} | {r['eps_effect_rel']:.1e} "
-            f"| {'-' if fd is None else f'{fd:.1e}'} | {cells[0]} | {cells[1]} "
-            f"| {r['supervised']}/{r['rows']} | {ties or 'none'} |"
-        )
-    return "\n".join(lines)
 
 
 # === Peer environments ===

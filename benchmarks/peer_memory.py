@@ -9,12 +9,11 @@ peak RSS minus that baseline. Standard library only besides the peer.
 
 import argparse
 import importlib
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from process_memory import reset_peak_rss, status_kb  # noqa: E402
+from process_memory import print_peak, reset_peak_rss, status_kb  # noqa: E402
 
 
 def main():
@@ -43,16 +42,14 @@ def main():
         peer.bench(args.cfg, args.variant, gs)
     else:
         peer.bench(args.cfg, gs)
-    record = {
-        "framework": args.framework,
-        "variant": args.variant,
-        "cfg": args.cfg,
-        "mode": args.mode,
-        "peak_mb": (status_kb("VmHWM") - baseline) / 1024,
-        "baseline_mb": baseline / 1024,
-        "peak_reset": reset,
-    }
-    print("MEMORY " + json.dumps(record), flush=True)
+    print_peak(
+        baseline,
+        reset,
+        framework=args.framework,
+        variant=args.variant,
+        cfg=args.cfg,
+        mode=args.mode,
+    )
 
 
 if __name__ == "__main__":
