@@ -1,5 +1,6 @@
-"""Models: the gradient-supervision trainer and the papers' networks."""
+"""Models: the gradient-supervision and CAT trainers and the papers' networks."""
 
+from cfkeras.models.counterfactual_adversarial import CounterfactualAdversarialModel
 from cfkeras.models.ensemble import StackedEnsemble, stacked_ensemble
 from cfkeras.models.gradient_supervision import GradientSupervisionModel
 from cfkeras.models.graph import split_at_layer
@@ -7,6 +8,7 @@ from cfkeras.models.nli_classifier import nli_classifier
 from cfkeras.models.text_classifier import bag_of_embeddings_classifier
 
 __all__ = [
+    "CounterfactualAdversarialModel",
     "GradientSupervisionModel",
     "StackedEnsemble",
     "bag_of_embeddings_classifier",
