@@ -305,3 +305,30 @@ def test_minilm_piecewise_forward_and_sentence_embeddings(minilm):
 def test_docstring_examples():
     results = doctest.testmod(encoders, extraglobs={"cfkeras": cfkeras}, verbose=False)
     assert results.attempted >= 10 and results.failed == 0
+
+
+@needs_minilm
+def test_one_gs_and_one_cat_step_on_the_real_weights(minilm):
+    backbone, preprocessor = minilm
+    texts = ["a moving, beautifully acted film.", "a dull film that never moves."]
+    edits = ["a dull, badly acted film.", "a moving film that never bores."]
+    x, x_cf = ({k: np.asarray(v) for k, v in preprocessor(t).items()} for t in (texts, edits))
+    y = np.array([1, 0], "int32")
+    model = encoders.encoder_classifier(backbone, num_classes=2)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    before = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
+
+    gs = cfkeras.GradientSupervisionModel(model, gs_layer=encoders.GS_LAYER, gs_weight=1.0)
+    gs.compile(optimizer=keras.optimizers.SGD(1e-2), loss=loss, jit_compile=False)
+    pairs = cfkeras.Pairs(x, x_cf, y, 1 - y)
+    logs = gs.fit(pairs.to_dataset(batch_size=2, shuffle=False), epochs=1, verbose=0).history
+    assert np.isfinite(logs["gs_loss"][0]) and logs["gs_supervised"][0] == 1.0
+
+    cat = cfkeras.models.CounterfactualAdversarialModel(model, warmup_epochs=0, seed=0)
+    assert cat.mix_layers == (4, 5)  # the paper's {8, 9, 10} of 12, scaled to MiniLM's 6
+    cat.compile(optimizer=keras.optimizers.SGD(1e-2), loss=loss, jit_compile=False)
+    inputs = {key: np.concatenate([x[key], x_cf[key]]) for key in x}
+    logs = cat.fit(inputs, np.concatenate([y, 1 - y]), batch_size=4, verbose=0).history
+    assert np.isfinite(logs["crm_loss"][0]) and 0 <= logs["cat_lambda"][0] <= 1
+    after = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
+    assert not np.allclose(before, after)
