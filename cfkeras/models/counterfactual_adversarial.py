@@ -381,7 +381,8 @@ class CounterfactualAdversarialModel(PairTrainer):
         y_pred = self.model(x, training=training)
         loss = _keras_private.compute_loss(self, x, y, y_pred, sample_weight, training)
         stats = {"loss": loss, "main_loss": loss, "x": x, "y": y, "y_pred": y_pred}
-        return loss, dict(stats, sample_weight=sample_weight)
+        stats["sample_weight"] = sample_weight
+        return loss, stats
 
     def compute_pair_losses(self, x, y, sample_weight=None, training=False):
         """Pairs are flattened: both members are ordinary examples."""

@@ -401,8 +401,8 @@ class GradientSupervisionModel(PairTrainer):
             `flip_rate`, and the flattened `x`,
             `y`, `y_pred` and `sample_weight` of the main loss.
         """
-        y_i, y_j = (y[ORIGINAL], y[COUNTERFACTUAL]) if is_pair(y) else (None, None)
         x_all, y_all, weight_all = flatten_pair_batch(x, y, sample_weight)
+        y_i, y_j = y[ORIGINAL], y[COUNTERFACTUAL]
         n = ops.shape(keras.tree.flatten(x_all)[0])[0] // 2
         h = self._encode(x_all, training)
         if isinstance(h, (list, tuple, dict)):
@@ -462,7 +462,8 @@ class GradientSupervisionModel(PairTrainer):
         y_pred = graph.activate(forward.logits, forward.activation)
         objective, loss = self.main_loss(x, y, y_pred, forward, sample_weight, training)
         stats = {"loss": loss, "main_loss": loss, "x": x, "y": y, "y_pred": y_pred}
-        return objective, dict(stats, sample_weight=sample_weight)
+        stats["sample_weight"] = sample_weight
+        return objective, stats
 
     def main_loss(self, x, y, y_pred, forward, sample_weight, training):
         """`(objective, reported)` main loss of the rows `x`, `y`.
