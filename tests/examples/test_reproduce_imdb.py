@@ -1,14 +1,22 @@
-"""The IMDb reproduction runs end to end on a tiny subset, in seconds."""
+"""The IMDb reproduction runs end to end on a tiny subset, in seconds: one seed
+of three rows (flat augmentation, + GS with the ensemble's export, random
+relations) by default, every row over two seeds with `-m slow`."""
 
+import pytest
 from example_scripts import load_example, read_report
 
+# One row of each training path: unpaired, counterfactual pairs (ensemble,
+# export), random pairing.
+DEFAULT_ROWS = ("augmentation", "gs", "gs_random_any")
 
-def test_reproduction_runs_every_row_on_a_subset(tmp_path, shared_dir):
+
+def run_smoke(tmp_path, shared_dir, seeds, rows):
     script = load_example("reproduce_imdb_table3")
     out = tmp_path / "results"
     script.main(
         [
-            "--seeds", "0", "1",
+            "--seeds", *map(str, seeds),
+            "--rows", *rows,
             "--limit", "48",
             "--members", "2",
             "--epochs", "2",
@@ -22,12 +30,22 @@ def test_reproduction_runs_every_row_on_a_subset(tmp_path, shared_dir):
             "--verbose", "0",
         ]
     )  # fmt: skip
-    read_report(script, out, "imdb_table3_smoke", seeds=(0, 1), epochs=2)
+    read_report(script, out, "imdb_table3_smoke", seeds=seeds, epochs=2, rows=rows)
     markdown = (out / "imdb_table3_smoke.md").read_text()
     assert "(89.8)" in markdown and "--limit 48" in markdown
     # One TensorBoard folder a run, and the best GS ensemble served from raw strings.
-    assert len(list((tmp_path / "logs").glob("length16/seed*/*"))) == 2 * len(script.ROWS)
+    assert len(list((tmp_path / "logs").glob("length16/seed*/*"))) == len(seeds) * len(rows)
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(tmp_path / "exported"))  # keep it: it owns the variables
     assert loaded.serve(tf.constant(["great", "bad"])).shape == (2, 1)
+
+
+def test_reproduction_runs_one_seed_of_each_training_path(tmp_path, shared_dir):
+    run_smoke(tmp_path, shared_dir, seeds=(0,), rows=DEFAULT_ROWS)
+
+
+@pytest.mark.slow
+def test_reproduction_runs_every_row_over_two_seeds(tmp_path, shared_dir):
+    script = load_example("reproduce_imdb_table3")
+    run_smoke(tmp_path, shared_dir, seeds=(0, 1), rows=script.ROWS)
