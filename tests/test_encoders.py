@@ -353,3 +353,82 @@ def test_frozen_mode_caches_pooled_embeddings_and_trains_a_gs_head():
     assert logs["gs_supervised"][0] == 1.0 and np.isfinite(logs["gs_loss"][0])
     with pytest.raises(ValueError, match="no text"):
         encoders.pooled_embeddings(backbone, {k: v[:0] for k, v in x.items()})
+
+
+# === Cached lower layers ===
+
+
+@pytest.mark.parametrize("start_layer", [1])
+def test_cached_classifier_equals_the_full_classifier(start_layer, tmp_path):
+    backbone, x = tiny_bert(), features()
+    full = encoder_classifier(backbone, num_classes=3, dropout=0.0)
+    cached = encoder_classifier(backbone, num_classes=3, dropout=0.0, start_layer=start_layer)
+    for name in ("head_hidden", "logits"):
+        cached.get_layer(name).set_weights(full.get_layer(name).get_weights())
+    states = encoders.cached_hidden_states(backbone, x, start_layer, batch_size=3)
+    assert sorted(cached.input) == ["hidden_states", "padding_mask"]
+    assert states["hidden_states"].dtype == np.float32
+    np.testing.assert_allclose(cached(states), full(x), rtol=1e-5, atol=1e-5)
+    half = encoders.cached_hidden_states(backbone, x, start_layer, dtype="float16")
+    np.testing.assert_allclose(cached(half), full(x), atol=1e-2)
+    # Saved and loaded with its start layer.
+    path = tmp_path / "cached.keras"
+    cached.save(path)
+    revived = keras.saving.load_model(path)
+    assert revived.get_layer("encoder").start_layer == start_layer
+    np.testing.assert_allclose(revived(states), cached(states), rtol=1e-6, atol=1e-6)
+
+
+# === GS across insertions and deletions ===
+
+
+def test_fine_tuned_gs_compares_texts_of_different_lengths_as_pooled_vectors():
+    """The GS points of a pair are each text's own masked mean: an edit that
+    inserts or deletes tokens (shifting every later position) is compared as
+    two pooled vectors, never position by position, and extra padding on
+    either member changes nothing."""
+    model = encoder_classifier(tiny_bert(dropout=0.0), num_classes=2, dropout=0.0)
+    gs = cfkeras.GradientSupervisionModel(model, gs_layer=GS_LAYER, gs_weight=1.0)
+    gs.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x_i = features(lengths=(12, 9, 6, 8))
+    ids = x_i["token_ids"]
+    # Edits: insert two tokens at position 2; delete the tokens at 1..3;
+    # replace one token; insert one token at the front.
+    edited = [
+        np.concatenate([ids[0, :2], [7, 8], ids[0, 2:12]]),
+        np.concatenate([ids[1, :1], ids[1, 4:9]]),
+        np.concatenate([ids[2, :3], [5], ids[2, 4:6]]),
+        np.concatenate([[9], ids[3, :8]]),
+    ]
+    x_j = {key: np.zeros_like(value) for key, value in x_i.items()}
+    for k, tokens in enumerate(edited):
+        x_j["token_ids"][k, : len(tokens)] = tokens
+        x_j["padding_mask"][k, : len(tokens)] = True
+    y = {"original": np.array([0, 1, 0, 1]), "counterfactual": np.array([1, 0, 1, 0])}
+    _, stats = gs.compute_pair_losses({"original": x_i, "counterfactual": x_j}, y)
+    cosines = np.asarray(stats["gs_cosine_per_point"]).reshape(8)
+    assert np.asarray(stats["gs_supervised"]).sum() == 8
+
+    # The same term from each text pooled on its own, one at a time.
+    encoder = model.get_layer("encoder")
+    pooled = [
+        masked_mean_pool(
+            encoder({k: v[r : r + 1] for k, v in x.items()}), x["padding_mask"][r : r + 1]
+        )
+        for x in (x_i, x_j)
+        for r in range(4)
+    ]
+    y_all = np.concatenate([y["original"], y["counterfactual"]])
+    term = gs.gradient_supervision_term(keras.ops.concatenate(pooled, axis=0), y_all)
+    np.testing.assert_allclose(cosines, np.asarray(term.cos).reshape(8), rtol=1e-4, atol=1e-5)
+
+    # Position by position the pairs share little: the edits shift the tokens.
+    aligned = (x_i["token_ids"] == x_j["token_ids"]) & x_i["padding_mask"]
+    assert aligned[[0, 1, 3]].mean() < 0.5
+
+    # Less padding (14 positions instead of 16) leaves every cosine.
+    trim = lambda x: {key: value[:, :14] for key, value in x.items()}  # noqa: E731
+    _, trimmed = gs.compute_pair_losses({"original": trim(x_i), "counterfactual": trim(x_j)}, y)
+    np.testing.assert_allclose(
+        np.asarray(trimmed["gs_cosine_per_point"]).reshape(8), cosines, rtol=1e-4, atol=1e-5
+    )

@@ -121,6 +121,14 @@ class CounterfactualAdversarialModel(PairTrainer):
     `from_logits=True`) or softmax/sigmoid probabilities. `Φ` is read from
     probabilities either way.
 
+    **Cached lower layers** (a speed option, *(ours)*): with
+    `encoder_classifier(backbone, start_layer=c)` fed by
+    `cfkeras.encoders.cached_hidden_states(backbone, x, c)`, `c <=
+    min(mix_layers)`, the layers below `c` are frozen and run once; CMIX
+    starts from the cached states and CAT trains layers `c ..` and the head.
+    The paper fine-tunes every layer: this mode changes the method (frozen
+    lower layers), so compare it with ERM in the same mode.
+
     Data: ordinary `(x, y)` batches. Batches of pairs are flattened (both
     members as examples, the augmentation data), partners still drawn
     in-batch, so CAT is label-free as in the paper.
@@ -208,6 +216,12 @@ class CounterfactualAdversarialModel(PairTrainer):
             raise ValueError(
                 f"mix_layers must be layers in 1 .. {num_layers} (the encoder's depth); "
                 f"received {mix_layers}."
+            )
+        if mix_layers[0] < encoder.start_layer:
+            raise ValueError(
+                f"mix_layers {mix_layers} start below the encoder's cached lower layers "
+                f"(start_layer={encoder.start_layer}): mix at layers >= {encoder.start_layer}, "
+                "or cache fewer layers."
             )
         if alpha <= 0 or beta <= 0:
             raise ValueError(f"alpha and beta must be > 0; received {alpha}, {beta}.")
@@ -321,7 +335,7 @@ class CounterfactualAdversarialModel(PairTrainer):
         # Both members up to every candidate layer (HF's hidden_states[m]).
         h_i, mask = self.encoder.embed(x, training=training)
         h_j, mask_j = self.encoder.embed(x_j, training=training)
-        states, start = {}, 0
+        states, start = {}, self.encoder.start_layer
         for m in self.mix_layers:
             h_i = self.encoder.run_layers(h_i, mask, start, m, training=training)
             h_j = self.encoder.run_layers(h_j, mask_j, start, m, training=training)

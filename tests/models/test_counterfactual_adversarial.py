@@ -256,3 +256,64 @@ def test_config_json_and_keras_file_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, cfkeras.models.CounterfactualAdversarialModel)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), cat.predict(x, verbose=0), rtol=1e-5)
+
+
+# === Cached lower layers ===
+
+
+def cached_twin(full, start_layer):
+    """A cached-lower-layers classifier sharing `full`'s backbone and head weights."""
+    backbone = full.get_layer("encoder").backbone
+    cached = cfkeras.encoders.encoder_classifier(
+        backbone, num_classes=2, dropout=0.0, start_layer=start_layer
+    )
+    for name in ("head_hidden", "logits"):
+        cached.get_layer(name).set_weights(full.get_layer(name).get_weights())
+    return cached
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_cached_mode_mixes_the_same_states_as_full_fine_tuning(layer):
+    full = cat_model(use_cal=True, mix_layers=(1, 2))
+    cached = cat_model(model=cached_twin(full.model, 1), use_cal=True, mix_layers=(1, 2))
+    x, y = batch()
+    states = cfkeras.encoders.cached_hidden_states(full.encoder.backbone, x, 1, batch_size=3)
+    expected = full.counterfactual(x, y, training=False, draws=draws(layer=layer))
+    result = cached.counterfactual(states, y, training=False, draws=draws(layer=layer))
+    for key in ("outputs", "lambda", "objective_before", "objective_after"):
+        np.testing.assert_allclose(result[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_cached_mode_trains_only_the_layers_above_the_cache():
+    full = tiny_classifier(layers=3)
+    backbone = full.get_layer("encoder").backbone
+    lower = [w for layer in backbone.transformer_layers[:2] for w in layer.weights]
+    lower += backbone.get_layer("token_embedding").weights
+    cat = cat_model(model=cached_twin(full, 2), warmup_epochs=0, mix_layers=(2, 3))
+    trainable = {id(w) for w in cat.trainable_weights}
+    assert not any(id(w) in trainable for w in lower)
+    upper = backbone.transformer_layers[2].weights
+    assert all(id(w) in trainable for w in upper)
+    x, y = batch(16)
+    states = cfkeras.encoders.cached_hidden_states(backbone, x, 2)
+    assert states["hidden_states"].shape == (16, LENGTH, 16)
+    before = [keras.ops.convert_to_numpy(w) for w in lower + upper]
+    logs = cat.fit(states, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    assert np.isfinite(logs["crm_loss"][0])
+    after = [keras.ops.convert_to_numpy(w) for w in lower + upper]
+    assert all(np.array_equal(b, a) for b, a in zip(before[: len(lower)], after[: len(lower)]))
+    assert any(not np.array_equal(b, a) for b, a in zip(before[len(lower) :], after[len(lower) :]))
+
+
+def test_cached_mode_settings_are_checked():
+    full = tiny_classifier(layers=3)
+    cached = cached_twin(full, 2)
+    with pytest.raises(ValueError, match="start_layer=2"):
+        cfkeras.models.CounterfactualAdversarialModel(cached, mix_layers=(1, 2))
+    backbone = full.get_layer("encoder").backbone
+    x, _ = batch()
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="start_layer must be in 1 .. 2"):
+            cfkeras.encoders.cached_hidden_states(backbone, x, bad)
+    with pytest.raises(ValueError, match="hidden_states"):
+        cached.get_layer("encoder").embed(x)
