@@ -331,7 +331,9 @@ class LayerwiseEncoder(keras.layers.Layer):
                 f"{source if self.start_layer else ''}."
             )
         if self.start_layer:
-            return ops.convert_to_tensor(inputs[HIDDEN_STATES]), inputs["padding_mask"]
+            # Cached states may be stored in float16 (cached_hidden_states).
+            hidden = ops.cast(inputs[HIDDEN_STATES], self.compute_dtype)
+            return hidden, inputs["padding_mask"]
         inputs = {name: inputs[name] for name in self.backbone.input}
         return self._embedder(inputs, training=training), inputs["padding_mask"]
 
