@@ -195,9 +195,7 @@ def run_one(args, inputs, method, per_class, seed, learning_rate, start_layer):
         .shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
         .batch(args.batch_size, drop_remainder=True)  # one XLA program, no retrace
     )
-    best = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", mode="max", patience=epochs, restore_best_weights=True
-    )
+    best = cfkeras.selection.BestEpochWeights(monitor="val_accuracy")
     t0 = time.perf_counter()
     history = cat.fit(
         train,
