@@ -80,12 +80,14 @@ class CounterfactualAdversarialModel(PairTrainer):
     the paper leaves open is marked *(ours)* below.
 
     **CMIX** (Eq. 4): for each example `x_i` of a batch, a partner `x_j` is
-    drawn from the same batch (*(ours)*: a random cyclic permutation of the
-    batch, so no example is its own partner); one layer `m` per batch is
-    drawn uniformly from `mix_layers` (Q; *(ours)*: one per batch, where
-    Algorithm 1 can be read as one per example) and `λ_i ~ Beta(α, β)`.
-    Both run through the encoder to layer `m` (Hugging Face's
-    `hidden_states[m]`), `h~_m = λ_i h_j,m + (1 - λ_i) h_i,m`, and the
+    drawn from the same batch (*(ours)*: the example `s` places further in
+    the shuffled batch, `s ~ U{1, .., n - 1}` per batch, so no example is its
+    own partner); one layer `m` per batch is drawn uniformly from
+    `mix_layers` (Q; *(ours)*: one per batch, where Algorithm 1 can be read
+    as one per example) and `λ_i ~ Beta(α, β)`. Both run through the encoder
+    to layer `m` (Hugging Face's `hidden_states[m]`; *(ours)*: in one pass
+    over the batch, `h_j,m` being the partner's row of it, with the same
+    dropout draw), `h~_m = λ_i h_j,m + (1 - λ_i) h_i,m`, and the
     forward pass continues from layer `m + 1` with the padding mask of `x_i`
     (the paper's best choice), then the masked mean pooling and the head.
     Labels are not mixed.
@@ -158,7 +160,8 @@ class CounterfactualAdversarialModel(PairTrainer):
         crm_optimizer: optional optimizer for CRM (default: AdamW at
             `crm_learning_rate`, weight decay 0.01).
         warmup_epochs: epochs of plain ERM first (paper: 1).
-        partner: `"permutation"`: an in-batch random cyclic permutation.
+        partner: `"permutation"`: in-batch partners, a random non-zero
+            rotation of the (shuffled) batch.
         seed: seed of the random draws (partners, m, λ).
 
     Example:
@@ -298,10 +301,16 @@ class CounterfactualAdversarialModel(PairTrainer):
     # === CMIX and CAL ===
 
     def _partners(self, n):
-        """A random cyclic permutation of the batch: no example is its own partner."""
-        order = keras.random.shuffle(ops.arange(n), seed=self.seed_generator)
-        position = ops.argsort(order)
-        return ops.take(order, (position + 1) % ops.maximum(n, 1))
+        """Partners in the batch: a random non-zero rotation, `(i + s) mod n`,
+        `s ~ U{1, .., n - 1}`, so no example is its own partner (n > 1).
+
+        The batches are shuffled, so each example's partner is a uniformly
+        random other example of its batch. No sort: a shuffled or sorted
+        permutation in the XLA step made XLA:CPU run the training-mode
+        forward passes beside it 30x slower.
+        """
+        shift = keras.random.randint((), 1, ops.maximum(n, 2), seed=self.seed_generator)
+        return (ops.arange(n) + shift) % ops.maximum(n, 1)
 
     def counterfactual(self, x, y, training=True, draws=None):
         """CMIX then CAL on a batch: the counterfactual representations' outputs.
@@ -330,16 +339,18 @@ class CounterfactualAdversarialModel(PairTrainer):
         partners = ops.convert_to_tensor(draws["partners"], "int32")
         lam = ops.cast(draws["initial_lambda"], "float32")
         layer = ops.cast(draws["layer"], "int32")
-        x_j = keras.tree.map_structure(lambda t: ops.take(t, partners, axis=0), x)
 
-        # Both members up to every candidate layer (HF's hidden_states[m]).
-        h_i, mask = self.encoder.embed(x, training=training)
-        h_j, mask_j = self.encoder.embed(x_j, training=training)
+        # The batch up to every candidate layer (HF's hidden_states[m]). The
+        # partners are in the batch, so x_j's states are x_i's permuted: one
+        # pass, not two (the paper runs x_j through the encoder; with dropout
+        # on, x_j's states here share the batch's dropout draw).
+        h, mask = self.encoder.embed(x, training=training)
         states, start = {}, self.encoder.start_layer
         for m in self.mix_layers:
-            h_i = self.encoder.run_layers(h_i, mask, start, m, training=training)
-            h_j = self.encoder.run_layers(h_j, mask_j, start, m, training=training)
-            states[m], start = (ops.stop_gradient(h_i), ops.stop_gradient(h_j)), m
+            h = self.encoder.run_layers(h, mask, start, m, training=training)
+            h_i = ops.stop_gradient(h)
+            h_j = ops.take(h_i, partners, axis=0)
+            states[m], start = (h_i, h_j), m
 
         def objective(lam):
             """Mean CAL objective J over the batch, and the outputs at h~."""

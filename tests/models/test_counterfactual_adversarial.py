@@ -91,10 +91,15 @@ def test_beta_draws_have_the_beta_moments(alpha, beta):
 
 def test_partners_are_a_permutation_without_fixed_points():
     cat = cat_model()
-    for _ in range(5):
+    shifts = []
+    for _ in range(300):
         partners = np.asarray(cat._partners(8))
         assert sorted(partners) == list(range(8))
         assert np.all(partners != np.arange(8))
+        shifts.append(int(partners[0]))
+    # Every other example is a partner, about equally often (7 x ~43 draws).
+    counts = np.bincount(shifts, minlength=8)
+    assert counts[0] == 0 and counts[1:].min() > 20, counts
 
 
 def test_default_mix_layers_scale_the_papers_choice_to_depth():
