@@ -30,6 +30,10 @@ OVERRIDDEN_HOOKS = {
     # `fit`/`evaluate` build the compiled loss and metrics from one batch
     # through it; a batch of pairs must be shown to them as one member.
     "_symbolic_build": ("self", "iterator", "data_batch"),
+    # Under a strategy, `fit` first averages one distributed batch over the
+    # replicas (a `MEAN` reduction, which fails for boolean inputs such as
+    # padding masks); cfkeras takes the first replica's batch instead.
+    "_maybe_symbolic_build": ("self", "iterator", "data_batch"),
 }
 
 # `(module, attribute)` of the private functions used, with the parameters

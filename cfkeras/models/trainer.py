@@ -146,6 +146,24 @@ class PairTrainer(keras.Model):
             return False
         return _keras_private.model_supports_jit(self)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages the replicas' first batch (`strategy.reduce("MEAN")`)
+        # only to build the compiled loss and metrics from its shapes; the
+        # mean fails for boolean inputs (padding masks). One replica's batch
+        # has the same structure and dtypes.
+        strategy = _keras_private.distribute_strategy(self)
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                first = lambda v: (  # noqa: E731
+                    strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                )
+                data_batch = keras.tree.map_structure(first, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _symbolic_build(self, iterator=None, data_batch=None):
         # Keras builds the compiled loss and metrics from one batch's (x, y):
         # give it one member of the pair, which is what `call` and the losses see.
