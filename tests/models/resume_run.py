@@ -4,8 +4,8 @@
 stacked ensemble on flattened pairs and CAT (one warm-up epoch, then CAT) for
 3 epochs each, with `keras.utils.set_random_seed(0)`, TensorFlow's op
 determinism, `cfkeras.pairs.EpochSeed` data orders and
-`keras.callbacks.BackupAndRestore(BACKUP_DIR/<trainer>)`, and prints the
-per-epoch losses and final weights of each as JSON. MODE `full` trains
+`keras.callbacks.BackupAndRestore(BACKUP_DIR/<trainer>)`, and prints
+every batch's loss (by epoch) and the final weights of each as JSON. MODE `full` trains
 uninterrupted; `interrupt` raises from a callback in the middle of epoch 2
 (after the backup of epoch 1); `resume` is run afterwards in a fresh process
 with the same BACKUP_DIR and finishes the interrupted runs.
@@ -27,6 +27,20 @@ import cfkeras  # noqa: E402
 from cfkeras.pairs import EpochSeed, Pairs  # noqa: E402
 
 EPOCHS, INTERRUPTED_EPOCH, INTERRUPTED_BATCH = 3, 2, 1
+
+
+class BatchLosses(keras.callbacks.Callback):
+    """Every batch's running `loss`, by epoch (kept when the run is interrupted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.setdefault(self.epoch, []).append(float(logs["loss"]))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -102,18 +116,20 @@ def main(mode, backup_dir):
         keras.utils.set_random_seed(0)
         model, data, callbacks = build()
         backup = keras.callbacks.BackupAndRestore(os.path.join(backup_dir, name))
-        callbacks = callbacks + [backup]
+        losses = BatchLosses()
+        callbacks = callbacks + [backup, losses]
         if mode == "interrupt":
             callbacks.append(Interrupt())
         try:
-            history = model.fit(data, epochs=EPOCHS, callbacks=callbacks, verbose=0).history
+            model.fit(data, epochs=EPOCHS, callbacks=callbacks, verbose=0)
+            interrupted = False
         except RuntimeError as error:
             if str(error) != "interrupted":
                 raise
-            results[name] = "interrupted"
-            continue
+            interrupted = True
         results[name] = {
-            "history": {key: [float(v) for v in values] for key, values in history.items()},
+            "interrupted": interrupted,
+            "batch_losses": losses.losses,
             "weights": [w.tolist() for w in model.get_weights()],
         }
     print(json.dumps(results))
