@@ -10,7 +10,7 @@ from keras import ops
 from cfkeras import _keras_private
 from cfkeras.encoders import LayerwiseEncoder, masked_mean_pool
 from cfkeras.models import graph
-from cfkeras.models.trainer import PairTrainer, minimize, scale
+from cfkeras.models.trainer import PairTrainer, minimize, reducible_logs, scale
 from cfkeras.pairs import flatten_pair_batch, is_pair
 
 PARTNERS = ("permutation",)
@@ -494,9 +494,10 @@ class CounterfactualAdversarialModel(PairTrainer):
         }
         for name, value in values.items():
             self.cat_trackers[name].update_state(value)
-        return self.update_trackers(stats, paired=False) | {
-            name: self.cat_trackers[name].result() for name in CAT_METRICS
-        }
+        return reducible_logs(
+            self.update_trackers(stats, paired=False)
+            | {name: self.cat_trackers[name].result() for name in CAT_METRICS}
+        )
 
     def _decisions_of_labels(self, y):
         y = ops.convert_to_tensor(y)

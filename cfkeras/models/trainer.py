@@ -56,6 +56,21 @@ def global_sum(value):
     return value
 
 
+def reducible_logs(logs):
+    """A step's logs in the form Keras can reduce under the current strategy.
+
+    Under `MultiWorkerMirroredStrategy` with several workers Keras reduces
+    every output of a step with `strategy.reduce("MEAN", value, axis=0)`,
+    which fails on the scalar logs of any `train_step`
+    (tensorflow/tensorflow#72388): they are returned with shape `(1,)`, and
+    the reduction gives back scalars (the same on every replica: the
+    trackers are already global).
+    """
+    if not _keras_private.reduces_logs_across_workers(tf.distribute.get_strategy()):
+        return logs
+    return {key: ops.reshape(value, (-1,)) for key, value in logs.items()}
+
+
 class PairTrainer(keras.Model):
     """Base class of cfkeras's trainers: the plumbing of their steps.
 
@@ -128,12 +143,12 @@ class PairTrainer(keras.Model):
             objective, stats = self.compute_step_losses(x, y, sample_weight, training=True)
             objective = scale(self.optimizer, objective)
         minimize(self.optimizer, tape, objective, self.trainable_weights)
-        return self.update_trackers(stats, paired=is_pair(x))
+        return reducible_logs(self.update_trackers(stats, paired=is_pair(x)))
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         _, stats = self.compute_step_losses(x, y, sample_weight, training=False)
-        return self.update_trackers(stats, paired=is_pair(x))
+        return reducible_logs(self.update_trackers(stats, paired=is_pair(x)))
 
     # === Keras plumbing ===
 
