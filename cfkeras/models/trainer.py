@@ -12,7 +12,11 @@ module holds what does not depend on the method:
   the subclass's loss routines, the same trackers in `train_step` and
   `test_step`, `jit_compile="auto"` meaning XLA unless distributed, compiled
   metrics built from one member of a pair, and `export` whose `serve` takes
-  single inputs.
+  single inputs;
+* `save_random_states` / `load_random_states`: the seed generators'
+  states (dropout) saved with the weights, which Keras leaves out;
+* `reducible_logs`: step logs in a form Keras can reduce across workers
+  (`MultiWorkerMirroredStrategy`), for every trainer's steps.
 """
 
 import keras
@@ -69,6 +73,45 @@ def reducible_logs(logs):
     if not _keras_private.reduces_logs_across_workers(tf.distribute.get_strategy()):
         return logs
     return {key: ops.reshape(value, (-1,)) for key, value in logs.items()}
+
+
+RANDOM_STATE = "random_state_"
+
+
+def random_states(model):
+    """The states of the seed generators of `model`'s layers (dropout ...), in layer order.
+
+    `model.variables` holds them and `model.weights` does not: Keras's
+    weights files and checkpoints leave them out.
+    """
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def save_random_states(model, store):
+    """Adds the random states of `model` to the `store` of its own variables."""
+    for k, state in enumerate(random_states(model)):
+        store[f"{RANDOM_STATE}{k}"] = state
+
+
+def load_random_states(model, store):
+    """Restores what `save_random_states` wrote; returns the rest of `store` as a dict.
+
+    A file without random states (written before cfkeras saved them) loads
+    as before, leaving them as they are.
+    """
+    keys = list(store.keys()) if store is not None else []
+    saved = sorted((k for k in keys if k.startswith(RANDOM_STATE)), key=lambda k: int(k[13:]))
+    if saved:
+        states = random_states(model)
+        if len(saved) != len(states):
+            raise ValueError(
+                f"The file holds {len(saved)} random (seed generator) states for "
+                f"{model.name!r}, which has {len(states)}: it was saved from another model."
+            )
+        for state, key in zip(states, saved):
+            state.assign(store[key])
+    return {k: store[k] for k in keys if not k.startswith(RANDOM_STATE)}
 
 
 class PairTrainer(keras.Model):
@@ -151,6 +194,15 @@ class PairTrainer(keras.Model):
         return reducible_logs(self.update_trackers(stats, paired=is_pair(x)))
 
     # === Keras plumbing ===
+
+    def save_own_variables(self, store):
+        # With the seed generators' states (dropout), so that a run resumed
+        # from a checkpoint (BackupAndRestore) draws the masks it would have.
+        super().save_own_variables(store)
+        save_random_states(self, store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(load_random_states(self, store))
 
     def _resolve_auto_jit_compile(self):
         # Keras resolves `jit_compile="auto"` to False on CPU, where XLA was

@@ -2,13 +2,13 @@
 
 `python resume_run.py MODE BACKUP_DIR` trains GS on random relations, a
 stacked ensemble on flattened pairs and CAT (one warm-up epoch, then CAT) for
-3 epochs each, with `keras.utils.set_random_seed(0)`, TensorFlow's op
-determinism, `cfkeras.pairs.EpochSeed` data orders and
-`keras.callbacks.BackupAndRestore(BACKUP_DIR/<trainer>)`, and prints
-every batch's loss (by epoch) and the final weights of each as JSON. MODE `full` trains
-uninterrupted; `interrupt` raises from a callback in the middle of epoch 2
-(after the backup of epoch 1); `resume` is run afterwards in a fresh process
-with the same BACKUP_DIR and finishes the interrupted runs.
+3 epochs each, every model with dropout, with `keras.utils.set_random_seed(0)`,
+TensorFlow's op determinism, `cfkeras.pairs.EpochSeed` data orders and
+`keras.callbacks.BackupAndRestore(BACKUP_DIR/<trainer>)`, and prints every
+batch's loss (by epoch) and the final weights of each as JSON. MODE `full`
+trains uninterrupted; `interrupt` raises from a callback in the middle of
+epoch 2 (after the backup of epoch 1); `resume` is run afterwards in a fresh
+process with the same BACKUP_DIR and finishes the interrupted runs.
 """
 
 import json
@@ -60,9 +60,11 @@ def dense_pairs(n=16, d=5, seed=0):
 
 
 def dense_model(d=5, name="model"):
+    # Dropout: its masks must resume too (cfkeras saves the seed states).
     inputs = keras.Input((d,))
     hidden = keras.layers.Dense(6, activation="tanh", name="hidden")(inputs)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden), name=name)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dropout(0.3)(hidden))
+    return keras.Model(inputs, outputs, name=name)
 
 
 def gradient_supervision():
@@ -85,9 +87,9 @@ def ensemble():
 def counterfactual_adversarial():
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=6, dropout=0.0,
+        intermediate_dim=16, max_sequence_length=6, dropout=0.1,
     )  # fmt: skip
-    model = cfkeras.encoders.encoder_classifier(backbone, num_classes=2, dropout=0.0)
+    model = cfkeras.encoders.encoder_classifier(backbone, num_classes=2, dropout=0.1)
     cat = cfkeras.models.CounterfactualAdversarialModel(model, warmup_epochs=1, cal_steps=2)
     cat.compile(
         optimizer=keras.optimizers.Adam(0.01),
