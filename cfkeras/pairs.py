@@ -428,7 +428,7 @@ class Pairs:
                 examples in the main loss).
             shuffle: shuffle the pairs every epoch (for training).
             seed: shuffling seed: an int (TensorFlow's reshuffling, the same
-                sequence of orders in every process), a `EpochSeed` (each
+                sequence of orders in every process), an `EpochSeed` (each
                 epoch's order a function of `(seed, epoch)`, for resuming),
                 or None.
             drop_remainder: drop the last partial batch, so that a compiled
@@ -483,7 +483,7 @@ class Pairs:
                 pair differs unless one label holds more than half of the
                 pool (examples are sorted by label in random order, and the
                 first half is matched with the second).
-            seed: seed of the matching, re-drawn every epoch: an int, a
+            seed: seed of the matching, re-drawn every epoch: an int, an
                 `EpochSeed` (the matching, the order and the orientation of
                 every epoch a function of `(seed, epoch)`) or None.
             drop_remainder: drop the last partial batch (default: training).
