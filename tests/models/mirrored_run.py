@@ -78,7 +78,7 @@ def build_cat():
     )  # fmt: skip
     model = cfkeras.encoders.encoder_classifier(backbone, num_classes=2, dropout=0.0)
     cat = cfkeras.models.CounterfactualAdversarialModel(
-        model, warmup_epochs=0, cal_steps=2, crm_learning_rate=0.05, seed=5
+        model, warmup_epochs=0, cal_steps=1, crm_learning_rate=0.05, seed=5
     )
     cat.compile(
         optimizer=keras.optimizers.SGD(0.1),

@@ -90,7 +90,7 @@ def counterfactual_adversarial():
         intermediate_dim=16, max_sequence_length=6, dropout=0.1,
     )  # fmt: skip
     model = cfkeras.encoders.encoder_classifier(backbone, num_classes=2, dropout=0.1)
-    cat = cfkeras.models.CounterfactualAdversarialModel(model, warmup_epochs=1, cal_steps=2)
+    cat = cfkeras.models.CounterfactualAdversarialModel(model, warmup_epochs=1, cal_steps=1)
     cat.compile(
         optimizer=keras.optimizers.Adam(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
