@@ -374,28 +374,44 @@ def test_epoch_seed_makes_every_order_a_function_of_seed_and_epoch(view):
     assert not np.array_equal(first, second) and not np.array_equal(second, third)
 
 
-def test_epoch_seed_follows_the_epochs_of_fit_as_a_callback():
+@pytest.mark.parametrize("steps_per_epoch", [None, 2])
+def test_epoch_seed_follows_the_epochs_of_fit_as_a_callback(steps_per_epoch):
+    # With steps_per_epoch, Keras makes the next epoch's iterator at the end
+    # of the previous epoch: the epoch is read when it yields, not then.
     pairs = _pool_pairs()
     seed = cfkeras.pairs.EpochSeed(7)
-    dataset = pairs.random_relations(5, seed=seed)
+    trained = []
 
-    class Record(keras.callbacks.Callback):
-        seen = []
+    def record(x, y):
+        # The ids of the examples each training batch holds, as fit reads them.
+        ids = tf.concat([x["original"][:, 0], x["counterfactual"][:, 0]], 0)
+        tf.py_function(lambda t: trained.append(t.numpy().tolist()), [ids], [])
+        return x, y
 
-        def on_train_batch_begin(self, batch, logs=None):
-            self.seen.append(int(seed.epoch.numpy()))
-
+    dataset = pairs.random_relations(5, seed=seed).map(record)
     inputs = keras.Input((2,))
     hidden = keras.layers.Dense(4, activation="tanh", name="hidden")(inputs)
     gs = cfkeras.GradientSupervisionModel(
         keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden)), gs_layer="hidden"
     )
     gs.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=False)
-    gs.fit(dataset, epochs=3, initial_epoch=1, callbacks=[seed, Record()], verbose=0)
-    assert Record.seen == [1, 1, 2, 2]
-    # Epoch 2's relations, as a fresh process would draw them.
-    (expected,) = _orders(lambda s: _relations(pairs.random_relations(5, seed=s)), epochs=(2,))
-    np.testing.assert_array_equal(_relations(dataset), expected)
+    keras.utils.set_random_seed(0)
+    gs.fit(
+        dataset,
+        epochs=4,
+        initial_epoch=1,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[seed],
+        verbose=0,
+    )
+    # Epochs 1, 2 and 3, each in the order a fresh process draws for it.
+    expected = []
+    for epoch in (1, 2, 3):
+        (rows,) = _orders(lambda s: _relations(pairs.random_relations(5, seed=s)), epochs=(epoch,))
+        expected += [
+            np.concatenate([rows[k : k + 5, 0], rows[k : k + 5, 1]]).tolist() for k in (0, 5)
+        ]
+    assert trained == expected
 
 
 def test_the_seed_must_be_an_int_an_epoch_seed_or_none():
