@@ -31,8 +31,9 @@ python -m cfkeras.serving MODEL_DIR [--port 8501] [--host 127.0.0.1] [--name mod
 python path/to/cfkeras/serving.py MODEL_DIR ...     # without importing cfkeras
 ```
 
-It prints `serving <name> on http://<host>:<port>` once it listens (with
-`--port 0`, on a free port chosen by the system).
+It warms the model up (one call on an example of zeros), then prints
+`serving <name> on http://<host>:<port>` once it listens (with `--port 0`,
+on a free port chosen by the system).
 """
 
 import argparse
@@ -78,6 +79,27 @@ class SavedModelPredictor:
         self.inputs = dict(self.function.structured_input_signature[1])
         if not self.inputs:
             raise ValueError(f"The signature {signature!r} takes no named inputs.")
+
+    def warm_up(self):
+        """Runs the signature once on one example of zeros (empty strings).
+
+        Its first call initialises and optimises the graph (about a second
+        on a small CPU model); done before serving, no client waits for it.
+        Inputs whose shape is not known beyond the batch are skipped.
+        """
+        tensors = {}
+        for name, spec in self.inputs.items():
+            shape = [
+                1 if size is None and axis == 0 else size
+                for axis, size in enumerate(spec.shape.as_list())
+            ]
+            if None in shape:
+                return False
+            tensors[name] = (
+                tf.zeros(shape, spec.dtype) if spec.dtype != tf.string else tf.fill(shape, "")
+            )
+        self.function(**tensors)
+        return True
 
     def metadata(self):
         """The signature's inputs and outputs, as JSON-ready dicts."""
@@ -224,6 +246,7 @@ def make_server(model_dir, host="127.0.0.1", port=8501, name="model"):
     `server.server_address` holds the port actually bound (for `port=0`).
     """
     predictor = SavedModelPredictor(model_dir)
+    predictor.warm_up()
     prefix = f"/v1/models/{name}"
 
     class Handler(BaseHTTPRequestHandler):
@@ -276,9 +299,13 @@ def make_server(model_dir, host="127.0.0.1", port=8501, name="model"):
             except (tf.errors.OpError, ValueError, TypeError) as error:
                 self.reply(500, {"error": f"{type(error).__name__}: {error}"})
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(ThreadingHTTPServer):
+        # The listen backlog: socketserver's default of 5 makes a burst of
+        # concurrent clients wait for SYN retransmission (about 1 s).
+        request_queue_size = 128
+        daemon_threads = True
+
+    return Server((host, port), Handler)
 
 
 def main(argv=None):

@@ -219,5 +219,8 @@ def test_load_1000_requests_from_8_concurrent_clients(servers):
         f"latency p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
         f"max {latencies.max() * 1000:.1f} ms; max |served - predict| {worst:.2g}"
     )
+    slowest = np.argsort(latencies)[-5:][::-1]
+    milliseconds = (latencies[slowest] * 1000).round().tolist()
+    print(f"slowest requests (index: ms): {dict(zip(slowest.tolist(), milliseconds))}")
     assert worst < 1e-5
     assert all(process.poll() is None for process in servers["processes"])
