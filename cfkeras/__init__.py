@@ -13,6 +13,7 @@ from cfkeras import (
     optimizers,
     pairs,
     selection,
+    serving,
 )
 from cfkeras.models import GradientSupervisionModel
 from cfkeras.pairs import Pairs
@@ -35,4 +36,5 @@ __all__ = [
     "optimizers",
     "pairs",
     "selection",
+    "serving",
 ]

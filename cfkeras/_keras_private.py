@@ -30,6 +30,10 @@ OVERRIDDEN_HOOKS = {
     # `fit`/`evaluate` build the compiled loss and metrics from one batch
     # through it; a batch of pairs must be shown to them as one member.
     "_symbolic_build": ("self", "iterator", "data_batch"),
+    # Under a strategy, `fit` first averages one distributed batch over the
+    # replicas (a `MEAN` reduction, which fails for boolean inputs such as
+    # padding masks); cfkeras takes the first replica's batch instead.
+    "_maybe_symbolic_build": ("self", "iterator", "data_batch"),
 }
 
 # `(module, attribute)` of the private functions used, with the parameters
@@ -41,6 +45,13 @@ _FUNCTIONS = {
     # What Keras's own "auto" consults (every layer supports XLA); there is
     # no public predicate.
     "model_supports_jit": ("keras.src.trainers.trainer", ("model",)),
+    # Whether Keras reduces a step's outputs across workers with
+    # `strategy.reduce("MEAN", v, axis=0)`, which fails on scalar logs
+    # (tensorflow/tensorflow#72388); the trainers then return them as (1,).
+    "_collective_all_reduce_multi_worker": (
+        "keras.src.backend.tensorflow.trainer",
+        ("strategy",),
+    ),
 }
 
 # Private methods and attributes of models, layers and tensors, with why.
@@ -90,6 +101,11 @@ def _member(owner, name):
 def unscale_loss_for_distribution(value):
     """A loss value scaled per replica by Keras, back on the global scale."""
     return _function("unscale_loss_for_distribution")(value)
+
+
+def reduces_logs_across_workers(strategy):
+    """Whether Keras reduces step outputs along axis 0 across workers (multi-worker)."""
+    return _function("_collective_all_reduce_multi_worker")(strategy)
 
 
 def model_supports_jit(model):

@@ -16,7 +16,10 @@ never guessed from the length of a tuple.
 `Pairs` holds validated pairs in memory and makes `tf.data` pipelines from
 them: pairs shuffled once as pairs (`to_dataset`), every member as an
 independent example (`flatten`, the augmentation baseline), and the paper's
-random-relations control (`random_relations`).
+random-relations control (`random_relations`). With an `EpochSeed` as their
+seed, the order of every epoch is a function of `(seed, epoch)` alone, so a
+run resumed in a fresh process (`keras.callbacks.BackupAndRestore`) sees the
+same data as the run it replaces.
 """
 
 import dataclasses
@@ -118,6 +121,83 @@ def flatten_pair_batch(x, y, sample_weight=None):
     if sample_weight is not None:
         sample_weight = row_weights(sample_weight)
     return x, y, sample_weight
+
+
+# === Resumable shuffling ===
+
+
+class EpochSeed(keras.callbacks.Callback):
+    """A shuffling seed that makes each epoch's order a function of `(seed, epoch)`.
+
+    `tf.data`'s `shuffle(seed=..., reshuffle_each_iteration=True)` draws the
+    order of an epoch from how many iterators the dataset has made in *this
+    process*; `keras.callbacks.BackupAndRestore` keeps no iterator state, so
+    a run resumed in a fresh process at epoch `e` would replay epoch 0's
+    order. Pass an `EpochSeed` as the `seed` of `Pairs.to_dataset`,
+    `Pairs.flatten` or `Pairs.random_relations`, and the same object to
+    `fit`'s callbacks: every epoch's order (and random relations) is then
+    drawn statelessly from `(seed, epoch)`, the epoch that `fit` announces
+    in `on_epoch_begin`.
+
+    The dataset reads the epoch when an iterator yields its first element
+    (Keras makes the iterator of an epoch before, but reads it after,
+    `on_epoch_begin`). Do not `.repeat()` such a dataset (the next epoch's
+    first batches would be prefetched with the old epoch); use `set_epoch`
+    to iterate it by hand. Create it outside a `tf.distribute` strategy's
+    scope (its epoch is a plain host variable).
+
+    Args:
+        seed: the integer seed.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> x = np.random.rand(8, 3).astype("float32")
+    >>> pairs = cfkeras.pairs.Pairs(x, x[::-1], np.zeros(8), np.ones(8))
+    >>> seed = cfkeras.pairs.EpochSeed(0)
+    >>> dataset = pairs.to_dataset(batch_size=4, seed=seed)
+    >>> # model.fit(dataset, epochs=5, callbacks=[seed, keras.callbacks.BackupAndRestore(d)])
+    >>> seed.set_epoch(3)  # or by hand: the batches of epoch 3
+    >>> len(list(dataset))
+    2
+    """
+
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = int(seed)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+
+    def set_epoch(self, epoch):
+        """The epoch whose order the datasets yield next."""
+        self.epoch.assign(int(epoch))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.set_epoch(epoch)
+
+    def stream(self, index):
+        """The stateless seed `(2,)` of random stream `index` of the current epoch."""
+        base = tf.stack([tf.constant(self.seed, tf.int64), self.epoch.read_value()])
+        return tf.random.experimental.stateless_fold_in(base, index)
+
+
+def epoch_permutation(n, seed):
+    """A random permutation of `range(n)`, int64, from a stateless seed `(2,)`."""
+    return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=seed)
+
+
+def _check_seed(seed):
+    if seed is not None and not isinstance(seed, (int, np.integer, EpochSeed)):
+        raise ValueError(
+            f"seed must be an int, a cfkeras.pairs.EpochSeed or None; received {seed!r}."
+        )
+
+
+def _epoch_indices(n, epoch_seed):
+    """The dataset of `range(n)` in the order of the current epoch of `epoch_seed`."""
+    indices = tf.data.Dataset.from_tensors(n).map(
+        lambda size: epoch_permutation(size, epoch_seed.stream(0))
+    )
+    return indices.unbatch().apply(tf.data.experimental.assert_cardinality(n))
 
 
 # === Pairs in memory ===
@@ -347,7 +427,10 @@ class Pairs:
             batch_size: pairs per batch (each batch holds `2 * batch_size`
                 examples in the main loss).
             shuffle: shuffle the pairs every epoch (for training).
-            seed: shuffling seed.
+            seed: shuffling seed: an int (TensorFlow's reshuffling, the same
+                sequence of orders in every process), an `EpochSeed` (each
+                epoch's order a function of `(seed, epoch)`, for resuming),
+                or None.
             drop_remainder: drop the last partial batch, so that a compiled
                 step is not traced again for it. Defaults to `shuffle`:
                 training drops it, evaluation keeps every pair.
@@ -371,7 +454,8 @@ class Pairs:
         """Every member as an independent example (the augmentation baseline).
 
         Returns a dataset of `(x, y)` (or with sample weights) over the `2N`
-        originals and counterfactuals, shuffled as individual examples.
+        originals and counterfactuals, shuffled as individual examples;
+        the arguments are those of `to_dataset`.
         """
         x = _stack(self.original, self.counterfactual)
         y = _stack(self.label, self.counterfactual_label)
@@ -399,7 +483,9 @@ class Pairs:
                 pair differs unless one label holds more than half of the
                 pool (examples are sorted by label in random order, and the
                 first half is matched with the second).
-            seed: seed of the matching; it is re-drawn every epoch.
+            seed: seed of the matching, re-drawn every epoch: an int, an
+                `EpochSeed` (the matching, the order and the orientation of
+                every epoch a function of `(seed, epoch)`) or None.
             drop_remainder: drop the last partial batch (default: training).
 
         Returns:
@@ -409,6 +495,7 @@ class Pairs:
         """
         if partners not in PARTNERS:
             raise ValueError(f"partners must be one of {PARTNERS}; received {partners!r}.")
+        _check_seed(seed)
         x = keras.tree.map_structure(_to_tensor, _stack(self.original, self.counterfactual))
         y = _to_tensor(_stack(self.label, self.counterfactual_label))
         weight = None
@@ -418,10 +505,15 @@ class Pairs:
         rows = np.asarray(_stack(self.label, self.counterfactual_label)).reshape(pool, -1)
         label_class = tf.constant(np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1))
 
-        def match(permutation):
+        def sort_by_label(permutation):
+            # "different_label": the first half is matched with the second.
             if partners == "different_label":
                 order = tf.argsort(tf.gather(label_class, permutation), stable=True)
                 permutation = tf.gather(permutation, order)
+            return permutation
+
+        def match(permutation):
+            permutation = sort_by_label(permutation)
             return tf.data.Dataset.from_tensor_slices((permutation[:half], permutation[half:]))
 
         def orient(members, randomness):
@@ -439,16 +531,31 @@ class Pairs:
                 return features, labels
             return features, labels, make_pair(tf.gather(weight, first), tf.gather(weight, second))
 
-        permutations = tf.data.Dataset.range(pool).shuffle(
-            pool, seed=seed, reshuffle_each_iteration=True
-        )
-        matched = permutations.batch(pool).flat_map(match)
-        if partners == "different_label":
-            matched = matched.shuffle(
-                half, seed=None if seed is None else seed + 1, reshuffle_each_iteration=True
+        def epoch_matching(_):
+            # Stateless: the matching, order and orientation of (seed, epoch).
+            permutation = sort_by_label(epoch_permutation(pool, seed.stream(0)))
+            first, second = permutation[:half], permutation[half:]
+            if partners == "different_label":
+                order = epoch_permutation(half, seed.stream(1))
+                first, second = tf.gather(first, order), tf.gather(second, order)
+            swap = tf.random.stateless_uniform(
+                (half,), seed=seed.stream(2), maxval=2, dtype=tf.int64
             )
-        randomness = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(matched, randomness).map(orient)
+            return orient((first, second), swap)
+
+        if isinstance(seed, EpochSeed):
+            dataset = tf.data.Dataset.from_tensors(0).map(epoch_matching).unbatch()
+        else:
+            permutations = tf.data.Dataset.range(pool).shuffle(
+                pool, seed=seed, reshuffle_each_iteration=True
+            )
+            matched = permutations.batch(pool).flat_map(match)
+            if partners == "different_label":
+                matched = matched.shuffle(
+                    half, seed=None if seed is None else seed + 1, reshuffle_each_iteration=True
+                )
+            randomness = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            dataset = tf.data.Dataset.zip(matched, randomness).map(orient)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         # flat_map hides the length from Keras, which would warn that the
         # data ran out at the end of every first epoch.
@@ -487,8 +594,12 @@ def _indexed_dataset(n, data, weight, batch_size, shuffle, seed, drop_remainder)
     tensors = keras.tree.map_structure(_to_tensor, data)
     if weight is not None:
         tensors = tensors + (keras.tree.map_structure(_to_tensor, weight),)
-    indices = tf.data.Dataset.range(n)
-    if shuffle:
+    _check_seed(seed)
+    if shuffle and isinstance(seed, EpochSeed):
+        indices = _epoch_indices(n, seed)
+    else:
+        indices = tf.data.Dataset.range(n)
+    if shuffle and not isinstance(seed, EpochSeed):
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if drop_remainder is None:
         drop_remainder = shuffle

@@ -52,6 +52,10 @@ class HookRecorder(keras.Model):
         self.calls.append("_symbolic_build")
         return super()._symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        self.calls.append("_maybe_symbolic_build")
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
 
 def test_keras_still_calls_the_overridden_hooks():
     # Keras builds metrics symbolically only under a distribution strategy,

@@ -340,6 +340,85 @@ def test_random_relations_errors():
         pairs.random_relations(partners="nearest")
 
 
+# === EpochSeed: orders as functions of (seed, epoch) ===
+
+
+def _orders(make, epochs=(0, 1, 2, 1)):
+    """One epoch of `make(seed)` per listed epoch, each read from a new EpochSeed(7)."""
+    out = []
+    for epoch in epochs:
+        seed = cfkeras.pairs.EpochSeed(7)
+        seed.set_epoch(epoch)
+        out.append(make(seed))
+    return out
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda p, s: np.concatenate(
+            [b[0]["original"][:, 0] for b in _epoch(p.to_dataset(4, seed=s))]
+        ),
+        lambda p, s: np.concatenate([b[0][:, 0] for b in _epoch(p.flatten(4, seed=s))]),
+        lambda p, s: _relations(p.random_relations(5, seed=s)),
+        lambda p, s: _relations(p.random_relations(5, "different_label", seed=s)),
+    ],
+    ids=["to_dataset", "flatten", "random_relations", "random_relations_different_label"],
+)
+def test_epoch_seed_makes_every_order_a_function_of_seed_and_epoch(view):
+    pairs = _pool_pairs()
+    # A fresh EpochSeed (as in a resumed process) at epoch 1 gives epoch 1's
+    # order again; other epochs differ.
+    first, second, third, second_again = _orders(lambda seed: view(pairs, seed))
+    np.testing.assert_array_equal(second_again, second)
+    assert not np.array_equal(first, second) and not np.array_equal(second, third)
+
+
+@pytest.mark.parametrize("steps_per_epoch", [None, 2])
+def test_epoch_seed_follows_the_epochs_of_fit_as_a_callback(steps_per_epoch):
+    # With steps_per_epoch, Keras makes the next epoch's iterator at the end
+    # of the previous epoch: the epoch is read when it yields, not then.
+    pairs = _pool_pairs()
+    seed = cfkeras.pairs.EpochSeed(7)
+    trained = []
+
+    def record(x, y):
+        # The ids of the examples each training batch holds, as fit reads them.
+        ids = tf.concat([x["original"][:, 0], x["counterfactual"][:, 0]], 0)
+        tf.py_function(lambda t: trained.append(t.numpy().tolist()), [ids], [])
+        return x, y
+
+    dataset = pairs.random_relations(5, seed=seed).map(record)
+    inputs = keras.Input((2,))
+    hidden = keras.layers.Dense(4, activation="tanh", name="hidden")(inputs)
+    gs = cfkeras.GradientSupervisionModel(
+        keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden)), gs_layer="hidden"
+    )
+    gs.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=False)
+    keras.utils.set_random_seed(0)
+    gs.fit(
+        dataset,
+        epochs=4,
+        initial_epoch=1,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[seed],
+        verbose=0,
+    )
+    # Epochs 1, 2 and 3, each in the order a fresh process draws for it.
+    expected = []
+    for epoch in (1, 2, 3):
+        (rows,) = _orders(lambda s: _relations(pairs.random_relations(5, seed=s)), epochs=(epoch,))
+        expected += [
+            np.concatenate([rows[k : k + 5, 0], rows[k : k + 5, 1]]).tolist() for k in (0, 5)
+        ]
+    assert trained == expected
+
+
+def test_the_seed_must_be_an_int_an_epoch_seed_or_none():
+    with pytest.raises(ValueError, match="EpochSeed"):
+        _pairs().to_dataset(4, seed=1.5)
+
+
 # === Multi-input and text ===
 
 

@@ -3,13 +3,14 @@
 import copy
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from cfkeras import _keras_private
 from cfkeras.encoders import LayerwiseEncoder, masked_mean_pool
 from cfkeras.models import graph
-from cfkeras.models.trainer import PairTrainer, minimize, scale
+from cfkeras.models.trainer import PairTrainer, minimize, reducible_logs, scale
 from cfkeras.pairs import flatten_pair_batch, is_pair
 
 PARTNERS = ("permutation",)
@@ -26,7 +27,7 @@ CAT_METRICS = (
 
 
 def sample_gamma(shape, concentration, seed, tries=16):
-    """Gamma(concentration, 1) draws that compile under XLA.
+    """Gamma(concentration, 1) draws that compile under XLA, from a stateless seed.
 
     TensorFlow's gamma sampler (behind `keras.random.beta`) has no XLA
     kernel. Marsaglia & Tsang (2000): for `a >= 1`, `d = a - 1/3`, `c =
@@ -35,29 +36,46 @@ def sample_gamma(shape, concentration, seed, tries=16):
     above 0.95 for every `a >= 1`); `a < 1` is boosted, `G(a) = G(a + 1)
     U^(1/a)`. `tries` proposals are drawn at once and the first accepted one
     kept (all rejected: probability below 0.05^16).
+
+    Args:
+        shape: the shape of the draws.
+        concentration: `a > 0`.
+        seed: a stateless seed, an int tensor of shape `(2,)`: the same seed
+            gives the same draws.
     """
     a = float(concentration)
     boosted = a + 1.0 if a < 1.0 else a
     d = boosted - 1.0 / 3.0
     c = 1.0 / (9.0 * d) ** 0.5
-    x = keras.random.normal((tries, *shape), seed=seed)
-    u = keras.random.uniform((tries, *shape), seed=seed)
+    x = tf.random.stateless_normal((tries, *shape), seed=fold_seed(seed, 0))
+    u = tf.random.stateless_uniform((tries, *shape), seed=fold_seed(seed, 1))
     v = (1.0 + c * x) ** 3
     safe_v = ops.where(v > 0, v, ops.ones_like(v))
     accept = ops.logical_and(v > 0, ops.log(u) < 0.5 * x * x + d - d * safe_v + d * ops.log(safe_v))
     first = ops.argmax(ops.cast(accept, "int32"), axis=0)
     draw = ops.take_along_axis(d * safe_v, first[None], axis=0)[0]
     if a < 1.0:
-        boost = keras.random.uniform(shape, minval=1e-37, maxval=1.0, seed=seed)
+        boost = tf.random.stateless_uniform(
+            shape, seed=fold_seed(seed, 2), minval=1e-37, maxval=1.0
+        )
         draw = draw * boost ** (1.0 / a)
     return draw
 
 
 def sample_beta(shape, alpha, beta, seed):
-    """Beta(α, β) draws that compile under XLA: `X / (X + Y)`, X, Y Gamma."""
-    x = sample_gamma(shape, alpha, seed)
-    y = sample_gamma(shape, beta, seed)
+    """Beta(α, β) draws that compile under XLA: `X / (X + Y)`, X, Y Gamma.
+
+    `seed` is a stateless seed `(2,)` (see `sample_gamma`).
+    """
+    x = sample_gamma(shape, alpha, fold_seed(seed, 0))
+    y = sample_gamma(shape, beta, fold_seed(seed, 1))
     return x / ops.maximum(x + y, 1e-30)
+
+
+def fold_seed(seed, index):
+    """The stateless seed of sub-stream `index` of `seed` (an int tensor `(2,)`)."""
+    seed = tf.cast(ops.convert_to_tensor(seed), tf.int64)
+    return tf.random.experimental.stateless_fold_in(seed, index)
 
 
 def default_mix_layers(num_layers):
@@ -162,7 +180,18 @@ class CounterfactualAdversarialModel(PairTrainer):
         warmup_epochs: epochs of plain ERM first (paper: 1).
         partner: `"permutation"`: in-batch partners, a random non-zero
             rotation of the (shuffled) batch.
-        seed: seed of the random draws (partners, m, λ).
+        seed: seed of the random draws (partners, m, λ); None draws one
+            from NumPy's global generator (so `keras.utils.set_random_seed`
+            fixes it). The draws of a step are a stateless function of
+            `(seed, optimizer.iterations)`: a run resumed from a checkpoint
+            (`keras.callbacks.BackupAndRestore`, which restores the
+            optimizer's counter) draws what the uninterrupted run drew.
+
+    Distributed training (`tf.distribute`): the partners, `m` and λ are drawn
+    for the global batch, identically on every replica, and each replica
+    takes the rows it holds (its partners' hidden states are gathered from
+    all replicas), so a mirrored step draws what one device would. Dropout
+    masks are drawn per replica, as in Keras.
 
     Example:
 
@@ -261,7 +290,7 @@ class CounterfactualAdversarialModel(PairTrainer):
         self.warmup_epochs = int(warmup_epochs)
         self.partner = partner
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.draw_seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
         # Set by the schedule (a callback added by `fit`), read when tracing.
         self.cat_active = self.warmup_epochs == 0
 
@@ -296,21 +325,43 @@ class CounterfactualAdversarialModel(PairTrainer):
         return ops.argmax(self._probabilities(outputs), axis=-1)
 
     def _loss(self, y, outputs, sample_weight=None):
-        return _keras_private.compute_loss(self, None, y, outputs, sample_weight, True)
+        # CAL's objective is not a training loss: undo Keras's per-replica scaling.
+        return _keras_private.unscale_loss_for_distribution(
+            _keras_private.compute_loss(self, None, y, outputs, sample_weight, True)
+        )
 
     # === CMIX and CAL ===
 
-    def _partners(self, n):
+    def step_seed(self):
+        """The stateless seed `(2,)` of this step's draws: `(seed, optimizer.iterations)`."""
+        step = 0 if self.optimizer is None else self.optimizer.iterations
+        return ops.stack([ops.convert_to_tensor(self.draw_seed, "int64"), ops.cast(step, "int64")])
+
+    def _partners(self, n, seed):
         """Partners in the batch: a random non-zero rotation, `(i + s) mod n`,
         `s ~ U{1, .., n - 1}`, so no example is its own partner (n > 1).
 
         The batches are shuffled, so each example's partner is a uniformly
         random other example of its batch. No sort: a shuffled or sorted
         permutation in the XLA step made XLA:CPU run the training-mode
-        forward passes beside it 30x slower.
+        forward passes beside it 15-30x slower.
         """
-        shift = keras.random.randint((), 1, ops.maximum(n, 2), seed=self.seed_generator)
-        return (ops.arange(n) + shift) % ops.maximum(n, 1)
+        n = ops.cast(n, "int32")
+        shift = tf.random.stateless_uniform(
+            (), seed=fold_seed(seed, 0), minval=1, maxval=ops.maximum(n, 2), dtype=tf.int32
+        )
+        return (ops.arange(n, dtype="int32") + shift) % ops.maximum(n, 1)
+
+    def draws(self, n, seed):
+        """CMIX's draws for a batch of `n`: `partners`, `initial_lambda`, `layer`."""
+        index = tf.random.stateless_uniform(
+            (), seed=fold_seed(seed, 1), maxval=len(self.mix_layers), dtype=tf.int32
+        )
+        return {
+            "partners": self._partners(n, seed),
+            "initial_lambda": sample_beta((n,), self.alpha, self.beta, fold_seed(seed, 2)),
+            "layer": ops.take(ops.convert_to_tensor(self.mix_layers, "int32"), index),
+        }
 
     def counterfactual(self, x, y, training=True, draws=None):
         """CMIX then CAL on a batch: the counterfactual representations' outputs.
@@ -326,15 +377,21 @@ class CounterfactualAdversarialModel(PairTrainer):
             x, y: a batch of inputs (the backbone's dict) and their labels.
             training: run the layers in training mode (dropout on), as CAT does.
             draws: optional dict of `partners`, `initial_lambda` and `layer`
-                to use instead of random draws (tests, analysis).
+                to use instead of random draws (tests, analysis), for this
+                batch (this replica's rows under a strategy).
         """
         n = ops.shape(y)[0]
         if draws is None:
-            index = keras.random.randint((), 0, len(self.mix_layers), seed=self.seed_generator)
+            # Drawn for the global batch (see the class): every replica
+            # draws the same, takes its rows, and finds the partners among
+            # all replicas' examples.
+            offset, total = replica_rows(n)
+            draws = self.draws(total, self.step_seed())
+            rows = lambda t: ops.slice(t, (offset,), (n,))  # noqa: E731
             draws = {
-                "partners": self._partners(n),
-                "initial_lambda": sample_beta((n,), self.alpha, self.beta, self.seed_generator),
-                "layer": ops.take(ops.convert_to_tensor(self.mix_layers, "int32"), index),
+                "partners": rows(draws["partners"]),
+                "initial_lambda": rows(draws["initial_lambda"]),
+                "layer": draws["layer"],
             }
         partners = ops.convert_to_tensor(draws["partners"], "int32")
         lam = ops.cast(draws["initial_lambda"], "float32")
@@ -349,7 +406,7 @@ class CounterfactualAdversarialModel(PairTrainer):
         for m in self.mix_layers:
             h = self.encoder.run_layers(h, mask, start, m, training=training)
             h_i = ops.stop_gradient(h)
-            h_j = ops.take(h_i, partners, axis=0)
+            h_j = ops.take(gather_replicas(h_i), partners, axis=0)
             states[m], start = (h_i, h_j), m
 
         def objective(lam):
@@ -464,9 +521,10 @@ class CounterfactualAdversarialModel(PairTrainer):
         }
         for name, value in values.items():
             self.cat_trackers[name].update_state(value)
-        return self.update_trackers(stats, paired=False) | {
-            name: self.cat_trackers[name].result() for name in CAT_METRICS
-        }
+        return reducible_logs(
+            self.update_trackers(stats, paired=False)
+            | {name: self.cat_trackers[name].result() for name in CAT_METRICS}
+        )
 
     def _decisions_of_labels(self, y):
         y = ops.convert_to_tensor(y)
@@ -489,13 +547,21 @@ class CounterfactualAdversarialModel(PairTrainer):
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with CAT's warm-up schedule added to the callbacks."""
-        callbacks = list(callbacks or []) + [CATSchedule()]
+        # First, so that CRM's optimizer is built before BackupAndRestore
+        # loads a checkpoint holding its state.
+        callbacks = [CATSchedule()] + list(callbacks or [])
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def build_crm_optimizer(self):
+        """Creates CRM's optimizer state (outside the compiled step, in the
+        model's distribution strategy)."""
+        if not self.crm_optimizer.built:
+            with self.distribute_strategy.scope():
+                self.crm_optimizer.build(self.trainable_variables)
 
     def start_cat(self):
         """Switches from warm-up ERM to CAT (retraces the train step once)."""
-        if not self.crm_optimizer.built:
-            self.crm_optimizer.build(self.trainable_variables)
+        self.build_crm_optimizer()
         self.cat_active = True
         self.make_train_function(force=True)
 
@@ -536,13 +602,35 @@ class CounterfactualAdversarialModel(PairTrainer):
         return cls(**config)
 
 
+def replica_rows(n):
+    """`(offset, total)`: this replica's first row in the global batch, and
+    the global batch size (`(0, n)` without a strategy or with one replica).
+    Replicas are ordered by their id, as `tf.distribute` splits a batch."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 0, n
+    sizes = context.all_gather(ops.reshape(ops.cast(n, "int32"), (1,)), axis=0)
+    return ops.sum(sizes[: context.replica_id_in_sync_group]), ops.sum(sizes)
+
+
+def gather_replicas(t):
+    """`t`'s rows of every replica, in replica order (`t` itself without a
+    strategy or with one replica)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return t
+    # Collectives carry numbers: booleans go as int32.
+    if t.dtype == tf.bool:
+        return ops.cast(context.all_gather(ops.cast(t, "int32"), axis=0), "bool")
+    return context.all_gather(t, axis=0)
+
+
 class CATSchedule(keras.callbacks.Callback):
     """Starts CAT after the warm-up epochs (Algorithm 1); added by `fit`."""
 
     def on_train_begin(self, logs=None):
         # Built outside the compiled step, which must not create variables.
-        if not self.model.crm_optimizer.built:
-            self.model.crm_optimizer.build(self.model.trainable_variables)
+        self.model.build_crm_optimizer()
 
     def on_epoch_begin(self, epoch, logs=None):
         model = self.model

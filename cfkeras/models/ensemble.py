@@ -17,7 +17,13 @@ from cfkeras.models.graph import (
     split_at_layer,
     symbolic_input,
 )
-from cfkeras.models.trainer import minimize, scale
+from cfkeras.models.trainer import (
+    load_random_states,
+    minimize,
+    reducible_logs,
+    save_random_states,
+    scale,
+)
 from cfkeras.pairs import flatten_pair_batch
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "linear")
@@ -300,7 +306,18 @@ class StackedEnsemble(keras.Model):
             )
             scaled = scale(self.optimizer, loss)
         minimize(self.optimizer, tape, scaled, self.trainable_weights)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return reducible_logs(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+
+    def test_step(self, data):
+        return reducible_logs(super().test_step(data))
+
+    def save_own_variables(self, store):
+        # With the members' random states (dropout), as cfkeras's trainers.
+        super().save_own_variables(store)
+        save_random_states(self, store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(load_random_states(self, store))
 
     # === Config ===
 

@@ -12,7 +12,11 @@ module holds what does not depend on the method:
   the subclass's loss routines, the same trackers in `train_step` and
   `test_step`, `jit_compile="auto"` meaning XLA unless distributed, compiled
   metrics built from one member of a pair, and `export` whose `serve` takes
-  single inputs.
+  single inputs;
+* `save_random_states` / `load_random_states`: the seed generators'
+  states (dropout) saved with the weights, which Keras leaves out;
+* `reducible_logs`: step logs in a form Keras can reduce across workers
+  (`MultiWorkerMirroredStrategy`), for every trainer's steps.
 """
 
 import keras
@@ -54,6 +58,60 @@ def global_sum(value):
     if context is not None and context.num_replicas_in_sync > 1:
         return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
     return value
+
+
+def reducible_logs(logs):
+    """A step's logs in the form Keras can reduce under the current strategy.
+
+    Under `MultiWorkerMirroredStrategy` with several workers Keras reduces
+    every output of a step with `strategy.reduce("MEAN", value, axis=0)`,
+    which fails on the scalar logs of any `train_step`
+    (tensorflow/tensorflow#72388): they are returned with shape `(1,)`, and
+    the reduction gives back scalars (the same on every replica: the
+    trackers are already global).
+    """
+    if not _keras_private.reduces_logs_across_workers(tf.distribute.get_strategy()):
+        return logs
+    return {key: ops.reshape(value, (-1,)) for key, value in logs.items()}
+
+
+RANDOM_STATE = "random_state_"
+
+
+def random_states(model):
+    """The states of the seed generators of `model`'s layers (dropout ...), in layer order.
+
+    `model.variables` holds them and `model.weights` does not: Keras's
+    weights files and checkpoints leave them out.
+    """
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def save_random_states(model, store):
+    """Adds the random states of `model` to the `store` of its own variables."""
+    for k, state in enumerate(random_states(model)):
+        store[f"{RANDOM_STATE}{k}"] = state
+
+
+def load_random_states(model, store):
+    """Restores what `save_random_states` wrote; returns the rest of `store` as a dict.
+
+    A file without random states (written before cfkeras saved them) loads
+    as before, leaving them as they are.
+    """
+    keys = list(store.keys()) if store is not None else []
+    saved = sorted((k for k in keys if k.startswith(RANDOM_STATE)), key=lambda k: int(k[13:]))
+    if saved:
+        states = random_states(model)
+        if len(saved) != len(states):
+            raise ValueError(
+                f"The file holds {len(saved)} random (seed generator) states for "
+                f"{model.name!r}, which has {len(states)}: it was saved from another model."
+            )
+        for state, key in zip(states, saved):
+            state.assign(store[key])
+    return {k: store[k] for k in keys if not k.startswith(RANDOM_STATE)}
 
 
 class PairTrainer(keras.Model):
@@ -128,14 +186,23 @@ class PairTrainer(keras.Model):
             objective, stats = self.compute_step_losses(x, y, sample_weight, training=True)
             objective = scale(self.optimizer, objective)
         minimize(self.optimizer, tape, objective, self.trainable_weights)
-        return self.update_trackers(stats, paired=is_pair(x))
+        return reducible_logs(self.update_trackers(stats, paired=is_pair(x)))
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         _, stats = self.compute_step_losses(x, y, sample_weight, training=False)
-        return self.update_trackers(stats, paired=is_pair(x))
+        return reducible_logs(self.update_trackers(stats, paired=is_pair(x)))
 
     # === Keras plumbing ===
+
+    def save_own_variables(self, store):
+        # With the seed generators' states (dropout), so that a run resumed
+        # from a checkpoint (BackupAndRestore) draws the masks it would have.
+        super().save_own_variables(store)
+        save_random_states(self, store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(load_random_states(self, store))
 
     def _resolve_auto_jit_compile(self):
         # Keras resolves `jit_compile="auto"` to False on CPU, where XLA was
@@ -145,6 +212,24 @@ class PairTrainer(keras.Model):
         if tf.distribute.has_strategy() or _keras_private.distribute_strategy(self) is not None:
             return False
         return _keras_private.model_supports_jit(self)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages the replicas' first batch (`strategy.reduce("MEAN")`)
+        # only to build the compiled loss and metrics from its shapes; the
+        # mean fails for boolean inputs (padding masks). One replica's batch
+        # has the same structure and dtypes.
+        strategy = _keras_private.distribute_strategy(self)
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                first = lambda v: (  # noqa: E731
+                    strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                )
+                data_batch = keras.tree.map_structure(first, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _symbolic_build(self, iterator=None, data_batch=None):
         # Keras builds the compiled loss and metrics from one batch's (x, y):
