@@ -67,11 +67,11 @@ def expected_costs(num_layers, mix_layers, cal_steps):
     L, low, high, S = num_layers, min(mix_layers), max(mix_layers), cal_steps
 
     def cat(start, steps):
-        # CMIX: x_i and x_j from `start` to max(Q), no weight gradients;
-        # CAL: each step a forward and an input gradient from min(Q) to the
-        # top, then one more forward; CRM and ERM: a training step each
-        # through the layers from `start`.
-        return (2 * (high - start) + (2 * steps + 1) * (L - low) + 2 * 3 * (L - start)) / L
+        # CMIX: the batch from `start` to max(Q), once (x_j's states are its
+        # partner's row), no weight gradients; CAL: each step a forward and
+        # an input gradient from min(Q) to the top, then one more forward;
+        # CRM and ERM: a training step each through the layers from `start`.
+        return ((high - start) + (2 * steps + 1) * (L - low) + 2 * 3 * (L - start)) / L
 
     return {
         "plain": 3.0,
