@@ -44,7 +44,9 @@ seeds): `chance` (random scores), `original` (originals only, batches of
 or per-label), `gs_random` (GS with each batch's counterfactuals given to
 random originals of the batch). The learning rate (and λ) of every row is
 chosen on validation mAP (originals and edited validation canvases) over the
-same grid, with the first seed (whose run at the chosen values is its
+same grid (the GS rows: λ over the same grid at the control's learning
+rate, so that they differ from the control by the GS term alone), with the
+first seed (whose run at the chosen values is its
 result: the choice reads validation only); then every other seed runs with
 the choice. The weights of the epoch of best validation mAP are evaluated.
 
@@ -110,6 +112,7 @@ def parse_args(argv=None):
     parser.add_argument("--labels-removed", type=int, default=2)
     parser.add_argument("--learning-rates", type=float, nargs="+", default=[0.003, 0.01])
     parser.add_argument("--gs-weights", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--gs-learning-rate", default="control", choices=("control", "grid"))
     parser.add_argument("--data-seed", type=int, default=1234)
     parser.add_argument("--out", default="results")
     parser.add_argument("--optimizer", default="adam", choices=("adam", "adadelta"))
@@ -423,11 +426,20 @@ def run_one(args, row, seed, learning_rate, gs_weight, features, data):
     return result, model
 
 
-def grid(row, args):
-    """The (learning rate, λ) grid of a row: the same for every row (λ only
-    exists for the GS rows)."""
-    weights = args.gs_weights if row in GS_ROWS else [0.0]
-    return [(lr, w) for lr in args.learning_rates for w in weights]
+def grid(row, args, chosen):
+    """The (learning rate, λ) grid of a row. The learning rate: the grid for
+    `original` and the control (`augmentation`); the GS rows take the
+    control's choice (`--gs-learning-rate control`, the default: then a GS
+    row differs from its control by the GS term alone) or the same grid
+    (`grid`). λ: the same grid for every GS row."""
+    if row in GS_ROWS:
+        rates = args.learning_rates
+        if args.gs_learning_rate == "control":
+            if "augmentation" not in chosen:
+                raise ValueError("--gs-learning-rate control needs the augmentation row first.")
+            rates = [chosen["augmentation"]["learning_rate"]]
+        return [(lr, w) for lr in rates for w in args.gs_weights]
+    return [(lr, 0.0) for lr in args.learning_rates]
 
 
 def paired_differences(report):
@@ -463,7 +475,8 @@ def render_report(report):
         + json.dumps(report.get("data", {})),
         "",
         f"Chosen on validation mAP with seed {args['seeds'][0]} over learning rates "
-        f"{args['learning_rates']} × λ {args['gs_weights']}: {choice}.",
+        f"{args['learning_rates']} (GS rows: {args.get('gs_learning_rate', 'grid')}) × λ "
+        f"{args['gs_weights']}: {choice}.",
     ]
     notes = [
         "Paired differences, GS rows − control (augmentation, λ = 0), mean ± standard "
@@ -592,7 +605,7 @@ def main(argv=None):
             continue
         # 1. The grid, with the first seed; selection reads validation mAP only.
         first = args.seeds[0]
-        for lr, weight in grid(row, args):
+        for lr, weight in grid(row, args, chosen):
             key = f"{row} lr={lr} gs_weight={weight}"
             if key not in tuning:
                 print(f"=== tuning {key}, seed {first}", flush=True)
@@ -603,7 +616,7 @@ def main(argv=None):
                 save()
         candidates = [
             (tuning[f"{row} lr={lr} gs_weight={w}"]["scores"]["validation"], lr, w)
-            for lr, w in grid(row, args)
+            for lr, w in grid(row, args, chosen)
         ]
         _, lr, weight = max(candidates)
         chosen[row] = {"learning_rate": lr, "gs_weight": weight}
