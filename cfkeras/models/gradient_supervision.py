@@ -19,6 +19,23 @@ from cfkeras.models.trainer import PairTrainer, global_sum
 from cfkeras.pairs import COUNTERFACTUAL, ORIGINAL, flatten_pair_batch, is_pair
 
 TASKS = ("auto",) + pair_metrics.TASKS
+# Compiled losses that make several logits independent labels (task "multilabel").
+_BINARY_LOSS_NAMES = ("binary_crossentropy", "bce", "binary_focal_crossentropy")
+
+
+def _is_binary_loss(loss):
+    """Whether `loss` (as passed to `compile`) is a binary cross-entropy."""
+    if isinstance(loss, str):
+        return loss in _BINARY_LOSS_NAMES
+    if isinstance(loss, (keras.losses.BinaryCrossentropy, keras.losses.BinaryFocalCrossentropy)):
+        return True
+    function = getattr(loss, "fn", loss)  # a LossFunctionWrapper's function
+    return function in (
+        keras.losses.binary_crossentropy,
+        keras.losses.binary_focal_crossentropy,
+    )
+
+
 MULTI_LABEL_MODES = ("sum", "per_label")
 
 
@@ -129,7 +146,9 @@ class GradientSupervisionModel(PairTrainer):
             `"ground_truth"` (only classes positive at `x_i`).
         class_weights: optional per-class weights multiplying the selection.
         task: `"auto"`, `"binary"`, `"multiclass"` or `"multilabel"`; "auto"
-            reads it from the output activation and width.
+            reads it from the output activation and width, and for a model
+            that outputs several logits from the compiled loss (a binary
+            cross-entropy means multi-label, anything else multi-class).
         multi_label_mode: `"sum"`: one cosine on the summed contrast (default);
             `"per_label"`: one cosine per changed label, averaged.
         both_directions: supervise `x_j -> x_i` as well as `x_i -> x_j`.
@@ -552,7 +571,14 @@ class GradientSupervisionModel(PairTrainer):
             return "multiclass"
         if width == 1:
             return "binary"
-        return "multilabel" if activation == "sigmoid" else "multiclass"
+        if activation == "sigmoid" or self._compiled_loss_is_binary():
+            return "multilabel"
+        return "multiclass"
+
+    def _compiled_loss_is_binary(self):
+        """Whether the compiled loss is a binary (per-label) cross-entropy:
+        then a model that outputs several logits is multi-label."""
+        return _is_binary_loss(getattr(self, "loss", None))
 
     def call(self, inputs, training=None):
         if is_pair(inputs):
