@@ -6,8 +6,8 @@ the true length -> linear + sigmoid; supplement C) as a stacked ensemble of
 as if alone, all in one step, through the same `cfkeras.GradientSupervisionModel`
 trainer; Adadelta (learning rate 8, tuned on validation, rho 0.9, eps 1e-6),
 40 epochs; 32 reviews in the main loss a batch in every row (16 pairs for the
-GS rows); the weights of the epoch of best validation accuracy of the whole
-ensemble.
+GS rows, `--pairs-per-batch`); the weights of the epoch of best validation
+accuracy of the whole ensemble.
 
 Rows (they differ only in what they name):
 
@@ -15,10 +15,43 @@ Rows (they differ only in what they name):
   (supplement B, "random baseline");
 * `original`: the original reviews only;
 * `augmentation`: originals and counterfactuals as independent examples;
+* `control`: augmentation trained on the *same pair batches* as `gs`, from
+  the same initial weights, with lambda = 0 (the GS model with
+  `gs_weight=0`): + GS differs from it by the GS term alone;
 * `gs`: + GS (lambda 20) on the counterfactual pairs;
 * `gs_stop_gradient`: the same, the target x_j - x_i treated as a constant;
-* `gs_random_any`: + GS on random pairs, label-blind (the paper's control);
-* `gs_random_different`: + GS on random pairs of different labels.
+* `gs_random_any`: + GS on random pairs, label-blind partners, label-aware
+  contrast (pairs of equal labels carry no GS term);
+* `gs_random_different`: + GS on random pairs of different labels;
+* `gs_random_logit`: + GS on the random pairs of `gs_random_any`, the
+  gradient of the logit f aligned with x_j - x_i for every pair, equal labels
+  included (`gradient_of="label_logit"`: random relations that ignore the
+  labels);
+* `control_random_any`, `control_random_different`: the random pair batches
+  with lambda = 0, the step-matched controls of the random rows.
+
+Every GS row is paired by seed with its control (`CONTROLS`): the report
+gives GS − control by seed, mean ± standard error, a paired t-test and the
+Holm correction over the primary columns (test edited and the OOD sets).
+
+Few counterfactuals (`--counterfactuals k`): the 1 707 training originals
+plus the counterfactuals of k of them (drawn per seed). `original` is
+unchanged; `augmentation` trains on the originals and the k counterfactuals
+as independent examples; `control` and `gs` train on batches that mix p of
+the k pairs with s single originals (`cfkeras.Pairs.with_singles`), 32 real
+reviews a batch, `p = max(1, round(32 k / (1707 + k)))` (every batch holds
+pairs: the GS term acts in every step), the same batches in both. lambda is
+not rescaled with the share of pairs: the GS term is the mean of 1 - cos
+over the batch's supervised points, so its per-step strength does not
+depend on how many pairs a batch holds.
+
+The learning rate of every row is chosen on validation (mean over seeds)
+from `--learning-rates`; `--optimizer`, `--embeddings-initializer` and
+`--pairs-per-batch` are the factors of the factor study (decided on
+validation only). Every run records its per-epoch validation accuracy and
+loss; the report plots their means per row and flags a row whose best epoch
+lies in the last 10 % of the epochs for most seeds. A run cut short
+resumes: the same command skips the runs of `<stem>.partial.json`.
 
 Columns: validation (dev, both members), test original, test edited, and the
 out-of-domain sets Amazon / Twitter / Yelp (when `--ood-dir` or
@@ -29,12 +62,12 @@ the paper's number beside each cell, the command, wall times), a PNG, and
 TensorBoard logs per run under `--log-dir`.
 
     python examples/reproduce_imdb_table3.py --seeds 0 1 2
+    cfkeras-reproduce imdb --seeds 0 1 2
 """
 
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -46,20 +79,41 @@ import cfkeras
 from cfkeras.datasets import load_imdb_pairs, load_ood_sentiment
 from cfkeras.models.ensemble import GS_SPACE, stacked_ensemble
 from cfkeras.models.text_classifier import GS_LAYER
+from cfkeras.reproductions.harness import (
+    Table,
+    add_optimizer_arguments,
+    add_run_arguments,
+    history_record,
+    make_optimizer,
+    replot,
+    unpaired,
+)
 from cfkeras.selection import BestEpochWeights
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reproduction import Table, add_run_arguments, replot, unpaired  # noqa: E402  (the examples' shared helpers)
 
 ROWS = (
     "chance",
     "original",
     "augmentation",
+    "control",
     "gs",
     "gs_stop_gradient",
     "gs_random_any",
     "gs_random_different",
+    "gs_random_logit",
+    "control_random_any",
+    "control_random_different",
 )
+# Every GS row's step-matched control: the same pair batches with lambda = 0.
+CONTROLS = {
+    "gs": "control",
+    "gs_stop_gradient": "control",
+    "gs_random_any": "control_random_any",
+    "gs_random_different": "control_random_different",
+    "gs_random_logit": "control_random_any",
+}
+PRIMARY = ("test_edited", "amazon", "twitter", "yelp")
+# The rows of the few-counterfactuals setting (`--counterfactuals k`).
+FEW_ROWS = ("original", "augmentation", "control", "gs")
 COLUMNS = ("validation", "test_original", "test_edited", "amazon", "twitter", "yelp")
 # Table 3 (Yelp from the supplement's Table 4, which corrects Table 3's column).
 PAPER = {
@@ -73,13 +127,18 @@ LABELS = {
     "chance": "Random predictions (chance: shuffled labels)",
     "original": "Baseline w/o edited training data (originals only)",
     "augmentation": "Baseline w/ edited training data (augmentation)",
+    "control": "Control: augmentation on the GS pair batches (λ = 0)",
     "gs": "+ GS, counterfactual relations",
     "gs_stop_gradient": "+ GS, counterfactual relations, stop-gradient on x_j − x_i",
     "gs_random_any": "+ GS, random relations (label-blind partners)",
     "gs_random_different": "+ GS, random relations (partners of the other label)",
+    "gs_random_logit": "+ GS, random relations ignoring the labels (gradient of f)",
+    "control_random_any": "Control: the label-blind random pair batches (λ = 0)",
+    "control_random_different": "Control: the other-label random pair batches (λ = 0)",
 }
 OOD = ("amazon", "twitter", "yelp")
-TABLE = Table(ROWS, COLUMNS, LABELS, PAPER, ylim=(40, 100))
+TABLE = Table(ROWS, COLUMNS, LABELS, PAPER, ylim=(40, 100), controls=CONTROLS, primary=PRIMARY)
+BATCH = 32  # real reviews in the main loss a batch, every row
 
 
 def parse_args(argv=None):
@@ -91,13 +150,39 @@ def parse_args(argv=None):
     parser.add_argument("--members", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--gs-weight", type=float, default=20.0)
+    add_optimizer_arguments(parser, "adadelta", [8.0])
     parser.add_argument(
-        "--learning-rate", type=float, default=8.0, help="Adadelta rate (tuned on validation)"
+        "--pairs-per-batch",
+        type=int,
+        default=16,
+        help="pairs a batch in the pair rows; the other rows take twice as many reviews",
+    )
+    parser.add_argument(
+        "--embeddings-initializer",
+        choices=("uniform", "normal"),
+        default="uniform",
+        help="Keras's uniform ±0.05 or N(0, 1)",
+    )
+    parser.add_argument(
+        "--counterfactuals",
+        default="all",
+        help="k: the counterfactuals of only k training originals (few-counterfactuals "
+        f"setting, rows {', '.join(FEW_ROWS)}); default all",
     )
     parser.add_argument("--ood-dir", default=os.environ.get("CFKERAS_OOD_DIR"))
     parser.add_argument("--export", default=None, help="export the best gs ensemble here")
     add_run_arguments(parser, verbose=1, limit_unit="pairs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.counterfactuals != "all":
+        args.counterfactuals = int(args.counterfactuals)
+        if args.counterfactuals < 1:
+            parser.error("--counterfactuals must be >= 1 or 'all'")
+        if args.rows == list(ROWS):
+            args.rows = list(FEW_ROWS)
+        extra = sorted(set(args.rows) - set(FEW_ROWS))
+        if extra:
+            parser.error(f"with --counterfactuals k the rows are {FEW_ROWS}; not {extra}")
+    return args
 
 
 # === Data ===
@@ -130,61 +215,122 @@ def load_data(args):
     return vectorize, tokens, ood
 
 
-def training_data(row, train, seed):
-    """`(dataset, gs_weight_is_used, stop_gradient)` of a row; 32 reviews a batch."""
+def few_pairs(train, k, seed):
+    """`(pairs, singles_x, singles_y)`: k pairs drawn with `seed`, and the
+    originals of the other pairs as single reviews."""
+    chosen = np.zeros(len(train), bool)
+    chosen[np.random.default_rng(seed).choice(len(train), min(k, len(train)), replace=False)] = True
+    pick = lambda keep: lambda value: tf.gather(value, np.flatnonzero(keep))  # noqa: E731
+    take, rest = pick(chosen), pick(~chosen)
+    pairs = cfkeras.Pairs(
+        take(train.original),
+        take(train.counterfactual),
+        train.label[chosen],
+        train.counterfactual_label[chosen],
+    )
+    return pairs, rest(train.original), train.label[~chosen]
+
+
+def mixed_batch_sizes(k, singles, batch=BATCH):
+    """`(p, s)`: pairs and singles a batch, `2p + s = batch` real reviews,
+    the share of pair reviews as in the data, at least one pair."""
+    p = min(max(1, round(batch * k / (singles + 2 * k))), k, (batch - 1) // 2)
+    return p, min(batch - 2 * p, singles)
+
+
+def training_data(row, train, seed, args=None):
+    """`(dataset, gs_options)` of a row; `gs_options` None for unpaired rows,
+    else the `GradientSupervisionModel` settings (`gs_weight` 0 for the
+    controls). `BATCH` real reviews a batch."""
+    pairs_per_batch = args.pairs_per_batch if args is not None else BATCH // 2
+    batch = 2 * pairs_per_batch
+    gs_weight = args.gs_weight if args is not None else 20.0
+    k = getattr(args, "counterfactuals", "all")
     if row == "chance":
         x = tf.concat([train.original, train.counterfactual], 0)
         y = np.concatenate([train.label, train.counterfactual_label])
-        return unpaired(x, np.random.default_rng(seed).permutation(y), 32, seed), False, False
+        return unpaired(x, np.random.default_rng(seed).permutation(y), batch, seed), None
     if row == "original":
-        return unpaired(train.original, train.label, 32, seed), False, False
+        return unpaired(train.original, train.label, batch, seed), None
+    if k != "all" and k < len(train):
+        pairs, single_x, single_y = few_pairs(train, k, seed)
+        if row == "augmentation":
+            x = tf.concat([single_x, pairs.original, pairs.counterfactual], 0)
+            y = np.concatenate([single_y, pairs.label, pairs.counterfactual_label])
+            return unpaired(x, y, batch, seed), None
+        p, s = mixed_batch_sizes(len(pairs), len(single_y), batch)
+        dataset = pairs.with_singles(single_x, single_y, p, s, seed=seed)
+        return dataset, {"gs_weight": gs_weight if row == "gs" else 0.0}
     if row == "augmentation":
-        return train.flatten(batch_size=32, seed=seed), False, False
-    if row in ("gs", "gs_stop_gradient"):
-        return train.to_dataset(batch_size=16, seed=seed), True, row == "gs_stop_gradient"
-    partners = "any" if row == "gs_random_any" else "different_label"
-    return train.random_relations(batch_size=16, partners=partners, seed=seed), True, False
+        return train.flatten(batch_size=batch, seed=seed), None
+    if row in ("control", "gs", "gs_stop_gradient"):
+        options = {
+            "gs_weight": 0.0 if row == "control" else gs_weight,
+            "stop_target_gradient": row == "gs_stop_gradient",
+        }
+        return train.to_dataset(batch_size=pairs_per_batch, seed=seed), options
+    partners = "different_label" if row.endswith("random_different") else "any"
+    options = {"gs_weight": 0.0 if row.startswith("control") else gs_weight}
+    if row == "gs_random_logit":
+        options["gradient_of"] = "label_logit"
+    dataset = train.random_relations(batch_size=pairs_per_batch, partners=partners, seed=seed)
+    return dataset, options
 
 
 # === Runs ===
 
 
-def run_one(args, row, seed, vocabulary, tokens, ood):
+def prepare(args, row, seed, vocabulary, tokens, learning_rate=None):
+    """`(train_data, ensemble, trainer, validation)` of a run, everything drawn
+    after `keras.utils.set_random_seed(seed)`: a GS row and its control get
+    the same batches in the same order and the same initial weights."""
     keras.utils.set_random_seed(seed)
-    train_data, uses_gs, stop_gradient = training_data(row, tokens["train"], seed)
+    train_data, options = training_data(row, tokens["train"], seed, args)
+    initializer = (
+        keras.initializers.RandomNormal(stddev=1.0)
+        if args.embeddings_initializer == "normal"
+        else "uniform"
+    )
 
     def member(member_seed):
         return cfkeras.models.bag_of_embeddings_classifier(
-            vocabulary, sequence_length=args.sequence_length
+            vocabulary,
+            sequence_length=args.sequence_length,
+            embeddings_initializer=initializer,
         )
 
     ensemble = stacked_ensemble(member, args.members, gs_layer=GS_LAYER, seed=seed)
     trainer = cfkeras.GradientSupervisionModel(
-        ensemble,
-        gs_layer=GS_SPACE,
-        gs_weight=args.gs_weight if uses_gs else 0.0,
-        stop_target_gradient=stop_gradient,
+        ensemble, gs_layer=GS_SPACE, **(options or {"gs_weight": 0.0})
     )
+    rate = args.learning_rates[0] if learning_rate is None else learning_rate
     trainer.compile(
-        optimizer=keras.optimizers.Adadelta(
-            learning_rate=args.learning_rate, rho=0.9, epsilon=1e-6
-        ),
+        optimizer=make_optimizer(args.optimizer, rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
     dev = tokens["dev"]
     validation = (
         dev.to_dataset(batch_size=16, shuffle=False)
-        if uses_gs
+        if options is not None
         else dev.flatten(batch_size=32, shuffle=False)
+    )
+    return train_data, ensemble, trainer, validation
+
+
+def run_one(args, row, seed, vocabulary, tokens, ood, learning_rate=None):
+    train_data, ensemble, trainer, validation = prepare(
+        args, row, seed, vocabulary, tokens, learning_rate
     )
     selection = BestEpochWeights(monitor="val_accuracy", mode="max")
     callbacks = [selection]
     if args.log_dir:
         run_dir = Path(args.log_dir) / f"length{args.sequence_length}" / f"seed{seed}" / row
+        if learning_rate is not None and len(args.learning_rates) > 1:
+            run_dir = run_dir / f"lr{learning_rate:g}"
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir)))
     start = time.perf_counter()
-    trainer.fit(
+    history = trainer.fit(
         train_data,
         validation_data=validation,
         epochs=args.epochs,
@@ -192,6 +338,7 @@ def run_one(args, row, seed, vocabulary, tokens, ood):
         callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
+    dev = tokens["dev"]
 
     test = tokens["test"]
     accuracy = lambda x, y: float(  # noqa: E731
@@ -210,6 +357,7 @@ def run_one(args, row, seed, vocabulary, tokens, ood):
         "scores": scores,
         "best_epoch": selection.best_epoch + 1,
         "train_seconds": round(seconds, 1),
+        "history": history_record(history),
     }, trainer
 
 
@@ -217,13 +365,18 @@ def render(report):
     """`(markdown, plot title)` of a report."""
     args = report["args"]
     length = args["sequence_length"]
+    k = args.get("counterfactuals", "all")
+    few = "" if k == "all" else f", counterfactuals of {k} originals"
     markdown = TABLE.markdown(
         report,
-        f"IMDb, Table 3 of Teney et al. (2020) — sequence length {length}",
+        f"IMDb, Table 3 of Teney et al. (2020) — sequence length {length}{few}",
         preamble=[
             "Accuracy (%), mean ± std over seeds "
             f"{args['seeds']}; the paper's number in brackets. Ensembles of {args['members']} "
-            "members averaging logits, weights of the epoch of best validation accuracy."
+            "members averaging logits, weights of the epoch of best validation accuracy; "
+            f"{args.get('optimizer', 'adadelta')}, {args['epochs']} epochs, "
+            f"{args.get('pairs_per_batch', 16)} pairs a batch, λ = {args['gs_weight']}, "
+            f"embeddings initialised {args.get('embeddings_initializer', 'uniform')}."
         ],
         notes=[
             "The out-of-domain columns use the test sets of `shared/data/ood` (see its README), "
@@ -231,7 +384,7 @@ def render(report):
         ],
     )
     title = (
-        f"IMDb (Teney et al. 2020, Table 3), length {length}: "
+        f"IMDb (Teney et al. 2020, Table 3), length {length}{few}: "
         "bars = cfkeras (mean ± std over seeds), black ticks = paper"
     )
     return markdown, title
@@ -255,7 +408,9 @@ def main(argv=None):
         args,
         argv,
         "imdb_table3",
-        lambda row, seed: run_one(args, row, seed, vocabulary, tokens, ood),
+        lambda row, seed, learning_rate=None: run_one(
+            args, row, seed, vocabulary, tokens, ood, learning_rate
+        ),
         render,
         start,
         on_result=keep_best,

@@ -1,0 +1,16 @@
+"""Thin wrapper of `cfkeras.reproductions.imdb_table3` (also `cfkeras-reproduce imdb`):
+the same arguments; see that module for what it runs.
+
+    python examples/reproduce_imdb_table3.py --seeds 0 1 2
+"""
+
+from cfkeras.reproductions import imdb_table3 as _reproduction
+from cfkeras.reproductions.imdb_table3 import *  # noqa: F403  (ROWS, COLUMNS, main, ...)
+
+__doc__ = _reproduction.__doc__
+
+if __name__ == "__main__":
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    main()  # noqa: F405
