@@ -22,7 +22,16 @@ import tensorflow as tf
 from cfkeras.reproductions.statistics import paired_differences
 
 # Arguments that may change between a cut-short run and its resumption.
-RESUMABLE_CHANGES = ("seeds", "rows", "learning_rates", "verbose", "log_dir", "replot", "restart")
+RESUMABLE_CHANGES = (
+    "seeds",
+    "rows",
+    "learning_rates",
+    "verbose",
+    "log_dir",
+    "replot",
+    "restart",
+    "export",
+)
 # The share of the last epochs where a best epoch means "maybe not converged".
 LATE_SHARE = 0.1
 # The program of the reports' "command" (the console entry point sets it).
@@ -89,12 +98,30 @@ def unpaired(x, y, batch_size, seed, shuffle=True):
     return dataset.batch(batch_size, drop_remainder=shuffle).prefetch(tf.data.AUTOTUNE)
 
 
-def history_record(history):
-    """The per-epoch validation figures of a Keras `History`, for the report."""
+class EpochSeconds(keras.callbacks.Callback):
+    """Wall-clock seconds of every epoch (validation included), in `seconds`:
+    the first holds the XLA compilation, the others time the next runs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._start, 2))
+
+
+def history_record(history, epoch_seconds=None):
+    """The per-epoch validation figures of a Keras `History` (and the
+    seconds of every epoch, from `EpochSeconds`), for the report."""
     keys = ("val_accuracy", "val_loss", "val_main_loss")
-    return {
+    record = {
         k: [round(float(v), 5) for v in history.history[k]] for k in keys if k in history.history
     }
+    if epoch_seconds is not None:
+        record["epoch_seconds"] = list(epoch_seconds.seconds)
+    return record
 
 
 # === Grid keys: a row at one learning rate ===
@@ -253,6 +280,8 @@ class Table:
                 continue
             out[row] = {}
             for key in histories[0]:
+                if key == "epoch_seconds":
+                    continue
                 series = [h[key] for h in histories if key in h]
                 length = min(map(len, series))
                 out[row][key] = [float(v) for v in np.mean([s[:length] for s in series], axis=0)]

@@ -80,6 +80,7 @@ from cfkeras.datasets import load_imdb_pairs, load_ood_sentiment
 from cfkeras.models.ensemble import GS_SPACE, stacked_ensemble
 from cfkeras.models.text_classifier import GS_LAYER
 from cfkeras.reproductions.harness import (
+    EpochSeconds,
     Table,
     add_optimizer_arguments,
     add_run_arguments,
@@ -323,7 +324,8 @@ def run_one(args, row, seed, vocabulary, tokens, ood, learning_rate=None):
         args, row, seed, vocabulary, tokens, learning_rate
     )
     selection = BestEpochWeights(monitor="val_accuracy", mode="max")
-    callbacks = [selection]
+    timer = EpochSeconds()
+    callbacks = [selection, timer]
     if args.log_dir:
         run_dir = Path(args.log_dir) / f"length{args.sequence_length}" / f"seed{seed}" / row
         if learning_rate is not None and len(args.learning_rates) > 1:
@@ -357,7 +359,7 @@ def run_one(args, row, seed, vocabulary, tokens, ood, learning_rate=None):
         "scores": scores,
         "best_epoch": selection.best_epoch + 1,
         "train_seconds": round(seconds, 1),
-        "history": history_record(history),
+        "history": history_record(history, timer),
     }, trainer
 
 

@@ -81,6 +81,7 @@ from cfkeras.embeddings import glove_embedding_matrix
 from cfkeras.models.ensemble import GS_SPACE, stacked_ensemble
 from cfkeras.models.nli_classifier import GS_LAYER, nli_classifier
 from cfkeras.reproductions.harness import (
+    EpochSeconds,
     Table,
     add_optimizer_arguments,
     add_run_arguments,
@@ -367,7 +368,8 @@ def run_one(args, row, seed, data, learning_rate=None):
     dev_x, dev_y, *_ = data.unique["dev"]
     validation = unpaired(dev_x, dev_y, 500, seed, shuffle=False)
     selection = BestEpochWeights(monitor="val_accuracy", mode="max")
-    callbacks = [selection]
+    timer = EpochSeconds()
+    callbacks = [selection, timer]
     if args.log_dir:
         run_dir = Path(args.log_dir) / f"length{args.sequence_length}" / f"seed{seed}" / row
         if learning_rate is not None and len(args.learning_rates) > 1:
@@ -405,7 +407,7 @@ def run_one(args, row, seed, data, learning_rate=None):
         "best_epoch": selection.best_epoch + 1,
         "train_seconds": round(seconds, 1),
         "final_train_loss": round(float(history.history["loss"][-1]), 4),
-        "history": history_record(history),
+        "history": history_record(history, timer),
     }
     if options is not None:
         result["final_gs_cosine"] = round(float(history.history.get("gs_cosine", [np.nan])[-1]), 4)
