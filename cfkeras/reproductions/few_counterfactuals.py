@@ -5,9 +5,10 @@ The 1 707 CAD training originals plus the counterfactuals of k of them
 all): one `imdb_table3 --counterfactuals k` run a k (rows augmentation,
 control, + GS; originals only once, at the first k, as it does not depend
 on k), each with its own result files `<out>/imdb_table3_[<tag>_]k<k>.*`
-(resumable), then the curves: `<out>/imdb_few_counterfactuals[_<tag>].{json,md,png}`
-with mean ± std per row and column against k, and GS − control by seed
-(mean ± standard error, paired t-test, Holm over the primary columns) per k.
+(resumable: finished runs are skipped), then the curves:
+`<out>/imdb_few_counterfactuals[_<tag>].{json,md,png}` with mean ± std per
+row and column against k, and GS − control by seed (mean ± standard error,
+paired t-test, Holm over the primary columns) per k.
 
 Every batch of the control and + GS rows mixes p of the k pairs with single
 originals, the same batches in both (`cfkeras.Pairs.with_singles`); λ is
@@ -49,12 +50,9 @@ def stem(args, k):
 
 
 def run(args, rest):
-    """One `imdb_table3` run a k (skipped when its result file exists)."""
+    """One `imdb_table3` run a k (each resumes from its own files: finished
+    runs are skipped)."""
     for index, k in enumerate(args.counterfactuals):
-        path = Path(args.out) / f"{stem(args, k)}.json"
-        if path.exists() and "--restart" not in rest:
-            print(f"k = {k}: {path} exists, skipped", flush=True)
-            continue
         rows = list(ROWS) if index == 0 else list(ROWS[1:])
         tag = stem(args, k)[len("imdb_table3_") :]
         print(f"=== k = {k} ({index + 1}/{len(args.counterfactuals)})", flush=True)

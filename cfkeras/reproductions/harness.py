@@ -180,7 +180,9 @@ class Table:
         learning_rate=lr)`) returns `(result, trainer)`; `on_result(row, seed,
         result, trainer)` sees every run of this call. While it runs,
         every finished run is kept in `<stem>.partial.json`; the same command
-        (without `--restart`) resumes from it, skipping finished runs.
+        (without `--restart`) resumes from it, or from the finished
+        `<stem>.json`, skipping finished runs: more seeds, rows or rates can
+        be added to a finished report.
         Returns the report.
         """
         extra = extra or {}
@@ -198,9 +200,10 @@ class Table:
         else:
             keys, run_key = list(args.rows), run_one
         done = {}
-        if partial.exists() and not getattr(args, "restart", False):
-            done = resumable_runs(json.loads(partial.read_text()), args)
-            print(f"resuming from {partial}: {sum(map(len, done.values()))} runs done", flush=True)
+        previous = partial if partial.exists() else out / f"{stem}.json"
+        if previous.exists() and not getattr(args, "restart", False):
+            done = resumable_runs(json.loads(previous.read_text()), args)
+            print(f"resuming from {previous}: {sum(map(len, done.values()))} runs done", flush=True)
         grid = run_grid(
             args.seeds,
             keys,

@@ -88,6 +88,18 @@ def test_a_run_cut_short_resumes_from_its_partial_file(tmp_path):
     assert "**not converged**" in markdown and "Holm" in markdown
     for figure in ("fake.png", "fake_curves.png", "fake_differences.png"):
         assert (tmp_path / figure).stat().st_size > 0
+    # A finished report is extended the same way: a new seed runs alone.
+    more = []
+    report = TABLE.run(
+        args_for(tmp_path, seeds=[0, 1, 2, 3]), [], "fake", fake_run(more), render, 0
+    )
+    assert sorted(more) == [
+        ("control", 3, 1.0),
+        ("control", 3, 3.0),
+        ("gs", 3, 1.0),
+        ("gs", 3, 3.0),
+    ]
+    assert set(report["runs"]["gs"]) == {"0", "1", "2", "3"}
 
 
 def test_resuming_with_other_arguments_is_refused_unless_restarted(tmp_path):
