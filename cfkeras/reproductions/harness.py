@@ -223,7 +223,7 @@ class Table:
         path = out / f"{stem}.json"
         path.write_text(json.dumps(report, indent=2))
         markdown = self.write(report, path, render)
-        partial.unlink()
+        partial.unlink(missing_ok=True)
         print(markdown)
         return report
 

@@ -100,6 +100,10 @@ def test_a_run_cut_short_resumes_from_its_partial_file(tmp_path):
         ("gs", 3, 3.0),
     ]
     assert set(report["runs"]["gs"]) == {"0", "1", "2", "3"}
+    # The same finished command again: no run, the report re-rendered.
+    none = []
+    TABLE.run(args_for(tmp_path, seeds=[0, 1, 2, 3]), [], "fake", fake_run(none), render, 0)
+    assert none == [] and (tmp_path / "fake.json").exists()
 
 
 def test_resuming_with_other_arguments_is_refused_unless_restarted(tmp_path):
