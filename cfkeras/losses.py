@@ -23,6 +23,7 @@ from keras import ops
 _MIN_SQUARED_NORM = 1e-30
 
 CLASS_SELECTIONS = ("changed", "ground_truth")
+GRADIENT_OF = ("contrast", "label_logit")
 
 
 def _one_hot_labels(y, num_classes):
@@ -96,6 +97,35 @@ def contrast_weights(
     if class_weights is not None:
         weights = weights * ops.convert_to_tensor(class_weights, "float32")
     return weights
+
+
+def label_logit_weights(y, num_classes):
+    """Per-class weights `w_c` of the label-blind logit `z = sum_c w_c f_c(x)`.
+
+    Formula:
+
+    ```
+    binary (one logit):  w = 1,            z = f
+    multi-class:         w_c = [c = y],    z = f_y  (the logit of x's own label)
+    ```
+
+    Unlike `contrast_weights`, the weights ignore the partner's label: every
+    row gets a non-zero `w`, so gradient supervision acts on every pair,
+    pairs of equal labels included (the "random relations that ignore the
+    labels" control of Teney et al. 2020, Table 3). Multi-label outputs have
+    no single own logit and are not supported.
+
+    Args:
+        y: labels of the examples, as in `contrast_weights`.
+        num_classes: width of the logits.
+
+    Returns:
+        A float32 tensor `(batch, num_classes)`.
+    """
+    y = _one_hot_labels(y, num_classes)
+    if num_classes == 1:
+        return ops.ones_like(y)
+    return ops.cast(ops.one_hot(ops.argmax(y, axis=-1), num_classes), "float32")
 
 
 def float_dtype(x):

@@ -15,11 +15,12 @@ never guessed from the length of a tuple.
 
 `Pairs` holds validated pairs in memory and makes `tf.data` pipelines from
 them: pairs shuffled once as pairs (`to_dataset`), every member as an
-independent example (`flatten`, the augmentation baseline), and the paper's
-random-relations control (`random_relations`). With an `EpochSeed` as their
-seed, the order of every epoch is a function of `(seed, epoch)` alone, so a
-run resumed in a fresh process (`keras.callbacks.BackupAndRestore`) sees the
-same data as the run it replaces.
+independent example (`flatten`, the augmentation baseline), the paper's
+random-relations control (`random_relations`), and batches that mix a few
+pairs with many single examples (`with_singles`). With an `EpochSeed` as
+their seed, the order of every epoch is a function of `(seed, epoch)` alone,
+so a run resumed in a fresh process (`keras.callbacks.BackupAndRestore`) sees
+the same data as the run it replaces.
 """
 
 import dataclasses
@@ -465,6 +466,121 @@ class Pairs:
         return _indexed_dataset(
             2 * len(self), (x, y), weight, batch_size, shuffle, seed, drop_remainder
         )
+
+    def with_singles(self, x, y, pairs_per_batch, singles_per_batch, seed=None):
+        """Batches that mix these pairs with single (unpaired) examples.
+
+        For few counterfactuals and many originals: every batch holds
+        `pairs_per_batch` pairs and `singles_per_batch` singles, so that the
+        GS term acts in every step while the main loss sees every example.
+        A single `x` travels as the pair `(x, x)` with labels `(y, y)` and
+        per-member weights `(c, 0)`: its duplicate adds nothing to the main
+        loss, and the GS term skips it (equal labels under the label-aware
+        contrast; identical points, counted in `gs_skipped`, with
+        `gradient_of="label_logit"`). The real members of a batch weigh
+        `c = 2 (p + s) / (2p + s)` (times the pairs' own weights), so that
+        the main loss is the mean over the batch's `2p + s` real examples.
+        Pair metrics (`pair_accuracy`, `flip_rate`) count the singles as
+        pairs of two equal members.
+
+        An epoch is `len(y) // singles_per_batch` batches: every single
+        once, re-shuffled every epoch (the last partial batch dropped). The
+        pairs come from a stream re-shuffled on every pass and repeated as
+        needed, which restarts every epoch. Training on this dataset with
+        `gs_weight=0` (the augmentation control) and with `gs_weight > 0`
+        (+ GS) sees the same batches in the same order for the same `seed`.
+
+        Args:
+            x: the single examples, structured as one member of a pair.
+            y: their labels, in the form of the pairs' labels.
+            pairs_per_batch: pairs per batch, `p` (at most `len(self)`).
+            singles_per_batch: singles per batch, `s`.
+            seed: shuffling seed (pairs: `seed`; singles: `seed + 1`).
+
+        Returns:
+            A `tf.data.Dataset` of `(x, y, sample_weight)` batches of
+            `p + s` pairs with per-member weights.
+
+        Example:
+
+        >>> import numpy as np
+        >>> x = np.random.rand(8, 3).astype("float32")
+        >>> pairs = cfkeras.pairs.Pairs(x, x[::-1], np.zeros(8), np.ones(8))
+        >>> singles = np.random.rand(40, 3).astype("float32")
+        >>> dataset = pairs.with_singles(singles, np.zeros(40), 2, 8, seed=0)
+        """
+        n_pairs = len(self)
+        y = _as_array(y, "labels")
+        n_singles = len(y)
+        if not 1 <= pairs_per_batch <= n_pairs:
+            raise ValueError(
+                f"pairs_per_batch must be in [1, {n_pairs}] (the pairs); received "
+                f"{pairs_per_batch}."
+            )
+        if not 1 <= singles_per_batch <= n_singles:
+            raise ValueError(
+                f"singles_per_batch must be in [1, {n_singles}] (the singles); received "
+                f"{singles_per_batch}."
+            )
+        x = keras.tree.map_structure(lambda leaf: _as_array(leaf, "inputs"), x)
+        try:
+            keras.tree.assert_same_structure(x, self.original)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"with_singles: x differs from the pairs' inputs: {error}") from error
+        for leaf in keras.tree.flatten(x):
+            if len(leaf) != n_singles:
+                raise ValueError(f"with_singles: {len(leaf)} inputs for {n_singles} labels.")
+        if np.shape(y)[1:] != np.shape(self.label)[1:]:
+            raise ValueError(
+                f"with_singles: labels of shape {np.shape(y)[1:]} per example, the pairs' "
+                f"are {np.shape(self.label)[1:]}."
+            )
+        p, s = pairs_per_batch, singles_per_batch
+        scale = 2.0 * (p + s) / (2 * p + s)
+        pair_x = keras.tree.map_structure(_to_tensor, make_pair(self.original, self.counterfactual))
+        pair_y = keras.tree.map_structure(
+            _to_tensor, make_pair(self.label, self.counterfactual_label)
+        )
+        ones = np.ones(n_pairs, np.float32)
+        w_i, w_j = self._member_weights() if self.sample_weight is not None else (ones, ones)
+        pair_w = [tf.constant(np.asarray(w, np.float32).reshape(-1) * scale) for w in (w_i, w_j)]
+        single_x = keras.tree.map_structure(_to_tensor, x)
+        single_y = _to_tensor(y)
+
+        def gather(pair_index, single_index):
+            take = lambda value, index: keras.tree.map_structure(  # noqa: E731
+                lambda t: tf.gather(t, index), value
+            )
+            join = lambda a, b: keras.tree.map_structure(  # noqa: E731
+                lambda u, v: tf.concat([u, tf.cast(v, u.dtype)], 0), a, b
+            )
+            px, py = take(pair_x, pair_index), take(pair_y, pair_index)
+            sx, sy = take(single_x, single_index), tf.gather(single_y, single_index)
+            zeros = tf.zeros([s], tf.float32)
+            features = make_pair(join(px[ORIGINAL], sx), join(px[COUNTERFACTUAL], sx))
+            labels = make_pair(join(py[ORIGINAL], sy), join(py[COUNTERFACTUAL], sy))
+            weights = make_pair(
+                tf.concat([tf.gather(pair_w[0], pair_index), zeros + scale], 0),
+                tf.concat([tf.gather(pair_w[1], pair_index), zeros], 0),
+            )
+            return features, labels, weights
+
+        pair_indices = (
+            tf.data.Dataset.range(n_pairs)
+            .shuffle(n_pairs, seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(p, drop_remainder=True)
+        )
+        single_indices = (
+            tf.data.Dataset.range(n_singles)
+            .shuffle(
+                n_singles, seed=None if seed is None else seed + 1, reshuffle_each_iteration=True
+            )
+            .batch(s, drop_remainder=True)
+        )
+        dataset = tf.data.Dataset.zip(pair_indices, single_indices)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_singles // s))
+        return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def random_relations(self, batch_size=32, partners="any", seed=None, drop_remainder=True):
         """The paper's control: the same examples, re-paired at random every epoch.

@@ -588,3 +588,73 @@ def test_per_member_sample_weights():
     np.testing.assert_array_equal(flat_weight, np.concatenate([zero, w]))
     with pytest.raises(ValueError, match="one weight per pair or a pair"):
         Pairs(x, x_cf, y, y_cf, sample_weight={"original": w})
+
+
+# === with_singles: a few pairs and many single examples a batch ===
+
+
+def _few_pairs_and_singles(n_pairs=6, n_singles=20):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_pairs, 3)).astype("float32")
+    pairs = Pairs(x, x + 1.0, np.zeros(n_pairs, "float32"), np.ones(n_pairs, "float32"))
+    singles = rng.normal(size=(n_singles, 3)).astype("float32") + 10.0  # told apart by value
+    return pairs, singles, (np.arange(n_singles) % 2).astype("float32")
+
+
+def test_with_singles_batches_mix_pairs_and_every_single_once_an_epoch():
+    pairs, singles, labels = _few_pairs_and_singles()
+    dataset = pairs.with_singles(singles, labels, pairs_per_batch=2, singles_per_batch=5, seed=3)
+    assert int(dataset.cardinality()) == 4
+    epochs = [list(dataset), list(dataset)]
+    for batches in epochs:
+        seen = []
+        for x, y, w in batches:
+            x_i, x_j = x["original"].numpy(), x["counterfactual"].numpy()
+            w_i, w_j = w["original"].numpy(), w["counterfactual"].numpy()
+            assert x_i.shape == (7, 3)
+            # Two real pairs (labels 0 -> 1), then five singles carried as (x, x).
+            np.testing.assert_array_equal(x_j[:2], x_i[:2] + 1.0)
+            assert (y["counterfactual"].numpy()[:2] == 1).all()
+            np.testing.assert_array_equal(x_j[2:], x_i[2:])
+            np.testing.assert_array_equal(
+                y["counterfactual"].numpy()[2:], y["original"].numpy()[2:]
+            )
+            # The duplicate weighs 0; the 9 real examples share the 14 rows' total.
+            np.testing.assert_allclose(w_j[2:], 0.0)
+            np.testing.assert_allclose(np.concatenate([w_i, w_j]).mean(), 1.0, rtol=1e-6)
+            np.testing.assert_allclose(w_i, 14 / 9, rtol=1e-6)
+            seen += [tuple(row) for row in x_i[2:]]
+        assert sorted(seen) == sorted(tuple(row) for row in singles)  # each single once
+    first = lambda batches: np.concatenate([b[0]["original"].numpy() for b in batches])  # noqa: E731
+    assert not np.array_equal(first(epochs[0]), first(epochs[1]))  # re-shuffled every epoch
+    again = pairs.with_singles(singles, labels, pairs_per_batch=2, singles_per_batch=5, seed=3)
+    np.testing.assert_array_equal(first(list(again)), first(epochs[0]))  # the seed fixes it
+
+
+def test_with_singles_main_loss_is_the_mean_over_real_examples_and_gs_sees_the_pairs():
+    pairs, singles, labels = _few_pairs_and_singles()
+    dataset = pairs.with_singles(singles, labels, pairs_per_batch=2, singles_per_batch=5, seed=0)
+    x, y, w = next(iter(dataset))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    gs = cfkeras.GradientSupervisionModel(model, gs_weight=1.0)
+    gs.compile(loss="binary_crossentropy")
+    _, stats = gs.compute_pair_losses(x, y, w)
+    real = np.concatenate([x["original"].numpy(), x["counterfactual"].numpy()[:2]])
+    targets = np.concatenate([y["original"].numpy(), y["counterfactual"].numpy()[:2]])
+    p = np.clip(model.predict(real, verbose=0)[:, 0], 1e-7, 1 - 1e-7)
+    bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    np.testing.assert_allclose(float(stats["main_loss"]), bce.mean(), rtol=1e-5)
+    # The GS term sees the two pairs from both ends (the singles are skipped).
+    assert float(np.sum(stats["gs_supervised"])) == 4
+    np.testing.assert_allclose(float(stats["gs_loss"][1]), 4 * 14 / 9, rtol=1e-6)
+
+
+def test_with_singles_rejects_bad_sizes_and_shapes():
+    pairs, singles, labels = _few_pairs_and_singles()
+    with pytest.raises(ValueError, match="pairs_per_batch"):
+        pairs.with_singles(singles, labels, 7, 5)
+    with pytest.raises(ValueError, match="singles_per_batch"):
+        pairs.with_singles(singles, labels, 2, 21)
+    with pytest.raises(ValueError, match="labels of shape"):
+        pairs.with_singles(singles, labels[:, None], 2, 5)

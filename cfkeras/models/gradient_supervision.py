@@ -157,6 +157,15 @@ class GradientSupervisionModel(PairTrainer):
             written).
         min_relative_distance: pairs closer than this relative to their norms
             in the GS space are not supervised (counted in `gs_skipped`).
+        gradient_of: `"contrast"` (default): the label-aware contrast logit
+            above, so pairs of equal labels carry no GS term;
+            `"label_logit"`: the gradient of the model's own logit, `f`
+            (binary) or `f_{y_i}`, the logit of `x_i`'s label (multi-class),
+            aligned with `x_j - x_i` for *every* pair, equal labels included
+            (`cfkeras.losses.label_logit_weights`). It is the label-blind
+            control of the paper's "random relations" row; not defined for
+            multi-label outputs; `class_selection` and `class_weights` are
+            then unused.
         members_layer: for an ensemble of independent members stacked in one
             model (`cfkeras.models.StackedEnsemble`): the name of the layer
             whose output stacks the members' logits, `(batch, members,
@@ -199,6 +208,7 @@ class GradientSupervisionModel(PairTrainer):
         stop_target_gradient=False,
         min_relative_distance=1e-5,
         members_layer="auto",
+        gradient_of="contrast",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -241,6 +251,12 @@ class GradientSupervisionModel(PairTrainer):
             )
         if gs_weight < 0:
             raise ValueError(f"gs_weight must be >= 0; received {gs_weight}.")
+        if gradient_of not in gs_losses.GRADIENT_OF:
+            raise ValueError(
+                f"gradient_of must be one of {gs_losses.GRADIENT_OF}; received {gradient_of!r}."
+            )
+        if gradient_of == "label_logit" and (task == "multilabel" or multi_label_mode != "sum"):
+            raise ValueError("gradient_of='label_logit' is not defined for multi-label outputs.")
 
         self.model = model
         self.gs_layer = gs_layer
@@ -255,6 +271,7 @@ class GradientSupervisionModel(PairTrainer):
         self.stop_target_gradient = bool(stop_target_gradient)
         self.min_relative_distance = float(min_relative_distance)
         self.members_layer = members_layer
+        self.gradient_of = gradient_of
         self.member_head = member_head
         self._head_couples_batch = graph.couples_batch(head)
 
@@ -301,14 +318,19 @@ class GradientSupervisionModel(PairTrainer):
             # 2. The contrast logit z = sum_c w_c f_c: w from the labels of a
             #    row and of its partner (sign convention: cfkeras.losses).
             width = forward.logits.shape[-1]
-            weights = gs_losses.contrast_weights(
-                y, partner(y), width, self.class_selection, self.class_weights
-            )
+            if self.gradient_of == "label_logit":
+                weights = gs_losses.label_logit_weights(y, width)
+            else:
+                weights = gs_losses.contrast_weights(
+                    y, partner(y), width, self.class_selection, self.class_weights
+                )
             weights = ops.cast(weights, dtype)
             # Members share no weights: the gradient of the sum over members
             # is each member's own gradient, block-wise.
             contrast = ops.sum((weights[:, None, :] if stacked else weights) * logits)
         task = self._resolve_task(forward.activation, width)
+        if self.gradient_of == "label_logit" and task == "multilabel":
+            raise ValueError("gradient_of='label_logit' is not defined for multi-label outputs.")
 
         # 3. The cosine between the input gradient of z and the step to the
         #    partner; one per member slice of an ensemble's stacked space.
@@ -610,6 +632,7 @@ class GradientSupervisionModel(PairTrainer):
                 "stop_target_gradient": self.stop_target_gradient,
                 "min_relative_distance": self.min_relative_distance,
                 "members_layer": self.members_layer,
+                "gradient_of": self.gradient_of,
             }
         )
         return config

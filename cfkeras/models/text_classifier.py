@@ -12,6 +12,7 @@ def bag_of_embeddings_classifier(
     embedding_dim=50,
     num_classes=1,
     sequence_length=None,
+    embeddings_initializer="uniform",
     name="bag_of_embeddings",
 ):
     """Token ids -> embedding -> mean over the true length -> linear output.
@@ -26,6 +27,11 @@ def bag_of_embeddings_classifier(
         embedding_dim: embedding width (the paper: 50).
         num_classes: 1 for a binary sigmoid output, more for softmax.
         sequence_length: fixed input length, or `None`.
+        embeddings_initializer: initializer of the word embeddings: Keras's
+            `"uniform"` (±0.05, the default) or e.g. `"random_normal"`
+            with `keras.initializers.RandomNormal(stddev=1.0)` for N(0, 1)
+            (PyTorch's `nn.Embedding` default, which the paper's code
+            likely used).
         name: model name.
 
     Returns:
@@ -38,7 +44,11 @@ def bag_of_embeddings_classifier(
     """
     token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
     embedded = keras.layers.Embedding(
-        vocabulary_size, embedding_dim, mask_zero=True, name="embedding"
+        vocabulary_size,
+        embedding_dim,
+        embeddings_initializer=embeddings_initializer,
+        mask_zero=True,
+        name="embedding",
     )(token_ids)
     mean = MaskedMean(name=GS_LAYER)(embedded)
     activation = "sigmoid" if num_classes == 1 else "softmax"

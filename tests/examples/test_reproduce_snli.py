@@ -40,7 +40,7 @@ def run_smoke(script, tmp_path, shared_dir, seeds, rows):
     report = read_report(script, out, "snli_table3_smoke", seeds=seeds, epochs=2, rows=rows)
     for row, by_seed in report["runs"].items():
         for result in by_seed.values():
-            assert ("final_gs_cosine" in result) == row.startswith("gs")
+            assert ("final_gs_cosine" in result) == row.startswith(("gs", "control"))
     data = report["data"]
     assert data["groups"] == {"train": 24, "dev": 24, "test": 24}
     assert data["train_pairs"] == 4 * 24

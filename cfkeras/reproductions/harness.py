@@ -1,0 +1,629 @@
+"""Shared by the reproductions: runs over seeds and a learning-rate grid,
+result tables with the paper's numbers beside them, per-epoch validation
+curves, paired differences to step-matched controls, plots, and a partial
+file that a cut-short run resumes from.
+
+`examples/_reproduction.py` re-exports the names the example scripts use
+(`Table`, `add_run_arguments`, `replot`, `unpaired`, `run_grid`).
+"""
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cfkeras.reproductions.statistics import paired_differences
+
+# Arguments that may change between a cut-short run and its resumption.
+RESUMABLE_CHANGES = (
+    "seeds",
+    "rows",
+    "learning_rates",
+    "verbose",
+    "log_dir",
+    "replot",
+    "restart",
+    "export",
+)
+# The share of the last epochs where a best epoch means "maybe not converged".
+LATE_SHARE = 0.1
+# The program of the reports' "command" (the console entry point sets it).
+PROGRAM = None
+
+
+def add_run_arguments(parser, verbose=1, limit_unit="pairs"):
+    """The arguments every reproduction takes: outputs, logs, replot, limit,
+    restart."""
+    parser.add_argument("--data-dir", default=None, help="upstream CAD root (default: packaged)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--tag", default=None, help="suffix of the result files")
+    parser.add_argument("--log-dir", default=None, help="TensorBoard logs (one folder a run)")
+    parser.add_argument("--verbose", type=int, default=verbose, help="Keras verbosity")
+    parser.add_argument(
+        "--replot", default=None, help="re-render the .md and .png of a result .json, no training"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help=f"use the first N {limit_unit} of each split (smoke tests)",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore <out>/<stem>.partial.json (by default the same command resumes from it)",
+    )
+
+
+def add_optimizer_arguments(parser, optimizer, learning_rates):
+    """`--optimizer` and `--learning-rates` (a grid; every row takes the rate
+    of best mean validation accuracy; `--learning-rate` is an alias)."""
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer)
+    parser.add_argument(
+        "--learning-rates",
+        "--learning-rate",
+        dest="learning_rates",
+        type=float,
+        nargs="+",
+        default=list(learning_rates),
+        help="grid of learning rates; each row's is chosen on validation",
+    )
+
+
+OPTIMIZERS = ("adadelta", "adam")
+
+
+def make_optimizer(name, learning_rate):
+    """AdaDelta as in the paper (rho 0.9, eps 1e-6) or Adam (Keras defaults)."""
+    if name == "adadelta":
+        return keras.optimizers.Adadelta(learning_rate=learning_rate, rho=0.9, epsilon=1e-6)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}; received {name!r}.")
+
+
+def unpaired(x, y, batch_size, seed, shuffle=True):
+    """Batches of independent examples, re-shuffled every epoch (training) or
+    in order with the last partial batch kept (`shuffle=False`)."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=shuffle).prefetch(tf.data.AUTOTUNE)
+
+
+class EpochSeconds(keras.callbacks.Callback):
+    """Wall-clock seconds of every epoch (validation included), in `seconds`:
+    the first holds the XLA compilation, the others time the next runs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._start, 2))
+
+
+def history_record(history, epoch_seconds=None):
+    """The per-epoch validation figures of a Keras `History` (and the
+    seconds of every epoch, from `EpochSeconds`), for the report."""
+    keys = ("val_accuracy", "val_loss", "val_main_loss")
+    record = {
+        k: [round(float(v), 5) for v in history.history[k]] for k in keys if k in history.history
+    }
+    if epoch_seconds is not None:
+        record["epoch_seconds"] = list(epoch_seconds.seconds)
+    return record
+
+
+# === Grid keys: a row at one learning rate ===
+
+
+def grid_key(row, learning_rate):
+    return f"{row}@lr={learning_rate:g}"
+
+
+def split_key(key):
+    """`(row, learning_rate)` of a grid key; `(row, None)` for a bare row."""
+    if "@lr=" not in key:
+        return key, None
+    row, rate = key.split("@lr=")
+    return row, float(rate)
+
+
+class Table:
+    """The rows, columns, labels and published numbers of one table.
+
+    Args:
+        rows, columns: names.
+        labels: `{row: label}`.
+        paper: `{row: tuple}` of published numbers aligned with `columns`
+            (None where the paper has none; a shorter tuple leaves the
+            remaining columns empty).
+        ylim: the y range of the bar plot.
+        controls: `{row: control_row}`: the step-matched control of a GS row
+            (same batches, λ = 0); each pair gets paired statistics.
+        primary: the columns of the Holm family.
+    """
+
+    def __init__(
+        self,
+        rows,
+        columns,
+        labels,
+        paper,
+        ylim=(0, 100),
+        controls=None,
+        primary=(),
+        ylabel="accuracy (%)",
+    ):
+        self.rows = tuple(rows)
+        self.columns = tuple(columns)
+        self.labels = dict(labels)
+        self.paper = dict(paper)
+        self.ylim = ylim
+        self.ylabel = ylabel
+        self.controls = dict(controls or {})
+        self.primary = tuple(primary)
+
+    def paper_value(self, row, column):
+        values = self.paper.get(row)
+        k = self.columns.index(column)
+        if values is None or k >= len(values):
+            return None
+        return values[k]
+
+    # === Running ===
+
+    def run(self, args, argv, name, run_one, render, start, extra=None, on_result=None):
+        """Every seed, row (and learning rate of `args.learning_rates`, if
+        any), then `<out>/<name>[_<tag>].{json,md,png}`.
+
+        `run_one(row, seed)` (with a grid: `run_one(row, seed,
+        learning_rate=lr)`) returns `(result, trainer)`; `on_result(row, seed,
+        result, trainer)` sees every run of this call. While it runs,
+        every finished run is kept in `<stem>.partial.json`; the same command
+        (without `--restart`) resumes from it, or from the finished
+        `<stem>.json`, skipping finished runs: more seeds, rows or rates can
+        be added to a finished report.
+        Returns the report.
+        """
+        extra = extra or {}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = name + (f"_{args.tag}" if args.tag else "")
+        partial = out / f"{stem}.partial.json"
+        rates = getattr(args, "learning_rates", None)
+        if rates:
+            keys = [grid_key(row, rate) for row in args.rows for rate in rates]
+
+            def run_key(key, seed):
+                row, rate = split_key(key)
+                return run_one(row, seed, learning_rate=rate)
+        else:
+            keys, run_key = list(args.rows), run_one
+        done = {}
+        previous = partial if partial.exists() else out / f"{stem}.json"
+        if previous.exists() and not getattr(args, "restart", False):
+            done = resumable_runs(json.loads(previous.read_text()), args)
+            print(f"resuming from {previous}: {sum(map(len, done.values()))} runs done", flush=True)
+        grid = run_grid(
+            args.seeds,
+            keys,
+            run_key,
+            lambda runs: partial.write_text(
+                json.dumps(self.report(args, argv, start, runs, **extra), indent=2)
+            ),
+            on_result=None
+            if on_result is None
+            else lambda key, seed, result, trainer: on_result(
+                split_key(key)[0], seed, result, trainer
+            ),
+            describe=f", length {args.sequence_length}" if hasattr(args, "sequence_length") else "",
+            done=done,
+        )
+        report = self.report(args, argv, start, grid, **extra)
+        path = out / f"{stem}.json"
+        path.write_text(json.dumps(report, indent=2))
+        markdown = self.write(report, path, render)
+        partial.unlink(missing_ok=True)
+        print(markdown)
+        return report
+
+    # === The report ===
+
+    def choose(self, grid, seeds):
+        """`(runs, chosen)`: per row, the runs of the learning rate with the
+        best mean validation accuracy over the seeds it has all of (the
+        first such rate on ties), and that rate (None without a grid)."""
+        runs, chosen = {}, {}
+        candidates = {}
+        for key, by_seed in grid.items():
+            row, rate = split_key(key)
+            candidates.setdefault(row, []).append((rate, by_seed))
+        order = lambda row: self.rows.index(row) if row in self.rows else len(self.rows)  # noqa: E731
+        for row in sorted(candidates, key=order):
+            options = candidates[row]
+            if len(options) == 1 and options[0][0] is None:
+                runs[row], chosen[row] = options[0][1], None
+                continue
+            complete = [(r, s) for r, s in options if all(str(k) in s for k in seeds)]
+            pool = complete or options
+            best = max(
+                pool,
+                key=lambda option: np.mean(
+                    [r["scores"]["validation"] for r in option[1].values()] or [-1.0]
+                ),
+            )
+            if best[1]:
+                runs[row], chosen[row] = best[1], best[0]
+        return runs, chosen
+
+    def summarize(self, runs):
+        """Mean, sample std and count over seeds, in %, per row and column."""
+        summary = {}
+        for row, by_seed in runs.items():
+            summary[row] = {}
+            for column in self.columns:
+                values = [
+                    100 * r["scores"][column] for r in by_seed.values() if column in r["scores"]
+                ]
+                if values:
+                    summary[row][column] = {
+                        "mean": float(np.mean(values)),
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                        "n": len(values),
+                    }
+        return summary
+
+    @staticmethod
+    def curves(runs):
+        """Per row, the mean over seeds of every per-epoch validation figure."""
+        out = {}
+        for row, by_seed in runs.items():
+            histories = [r["history"] for r in by_seed.values() if "history" in r]
+            if not histories:
+                continue
+            out[row] = {}
+            for key in histories[0]:
+                if key == "epoch_seconds":
+                    continue
+                series = [h[key] for h in histories if key in h]
+                length = min(map(len, series))
+                out[row][key] = [float(v) for v in np.mean([s[:length] for s in series], axis=0)]
+        return out
+
+    @staticmethod
+    def convergence(runs, epochs):
+        """Per row: the best epochs, and `converged` False when the best
+        epoch lies in the last `LATE_SHARE` of the epochs for most seeds."""
+        late = max(1, math.ceil(LATE_SHARE * epochs))
+        out = {}
+        for row, by_seed in runs.items():
+            best = [int(r["best_epoch"]) for r in by_seed.values()]
+            n_late = sum(b > epochs - late for b in best)
+            out[row] = {
+                "best_epochs": best,
+                "late_seeds": n_late,
+                "late_from_epoch": epochs - late + 1,
+                "converged": not (best and n_late > len(best) / 2),
+            }
+        return out
+
+    def differences(self, runs):
+        """Paired GS − control statistics for every GS row whose control ran."""
+        out = {}
+        for row, control in self.controls.items():
+            if row not in runs or control not in runs:
+                continue
+            by_column = lambda by_seed: {  # noqa: E731
+                column: {
+                    s: r["scores"][column] for s, r in by_seed.items() if column in r["scores"]
+                }
+                for column in self.columns
+            }
+            out[row] = {
+                "control": control,
+                "columns": paired_differences(
+                    by_column(runs[row]), by_column(runs[control]), primary=self.primary
+                ),
+            }
+        return out
+
+    def report(self, args, argv, start, grid, **extra):
+        """The JSON report: command, machine, arguments, every run of the
+        grid, the chosen runs, summary, curves, convergence, differences."""
+        program = PROGRAM or ["python", sys.argv[0]]
+        command = [*program, *(sys.argv[1:] if argv is None else argv)]
+        runs, chosen = self.choose(grid, args.seeds)
+        epochs = getattr(args, "epochs", None) or max(
+            [r["best_epoch"] for by_seed in runs.values() for r in by_seed.values()] or [1]
+        )
+        report = {
+            "command": " ".join(command),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+            "args": vars(args),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "paper": self.paper,
+            **extra,
+            "grid": grid,
+            "chosen_learning_rate": chosen,
+            "runs": runs,
+            "summary": self.summarize(runs),
+            "curves": self.curves(runs),
+            "convergence": self.convergence(runs, epochs),
+            "differences": self.differences(runs),
+            "primary": list(self.primary),
+        }
+        return report
+
+    # === Markdown ===
+
+    def markdown(self, report, heading, preamble=(), notes=()):
+        """A Markdown table (`mean ± std (paper)` per cell, the chosen learning
+        rate, best epochs and a convergence flag per row), then the paired
+        differences to the controls and the figures."""
+        chosen = report.get("chosen_learning_rate", {})
+        convergence = report.get("convergence", {})
+        lines = [
+            f"# {heading}",
+            "",
+            f"Command: `{report['command']}`  ",
+            f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min.",
+            "",
+            *preamble,
+            "",
+            "| row | " + " | ".join(self.columns) + " | lr | best epochs |",
+            "|---|" + "---|" * (len(self.columns) + 2),
+        ]
+        for row, cells in report["summary"].items():
+            text = []
+            for column in self.columns:
+                if column not in cells:
+                    text.append("—")
+                    continue
+                cell = f"{cells[column]['mean']:.1f} ± {cells[column]['std']:.1f}"
+                paper = self.paper_value(row, column)
+                if paper is not None:
+                    cell += f" ({paper})"
+                text.append(cell)
+            epochs = ", ".join(str(r["best_epoch"]) for r in report["runs"][row].values())
+            flag = convergence.get(row, {})
+            if flag and not flag["converged"]:
+                epochs += f" **not converged** (best ≥ epoch {flag['late_from_epoch']})"
+            rate = chosen.get(row)
+            lines.append(
+                f"| {self.labels[row]} | "
+                + " | ".join(text)
+                + f" | {'—' if rate is None else f'{rate:g}'} | {epochs} |"
+            )
+        grid = report.get("args", {}).get("learning_rates")
+        if grid:
+            lines += [
+                "",
+                f"Learning rate of every row chosen on validation (mean over seeds) from {grid}. "
+                f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
+                "of the epochs for most seeds.",
+            ]
+        lines += self.differences_markdown(report)
+        if notes:
+            lines += ["", *notes]
+        return "\n".join(lines) + "\n"
+
+    def differences_markdown(self, report):
+        differences = report.get("differences") or {}
+        if not differences:
+            return []
+        primary = report.get("primary", [])
+        lines = [
+            "",
+            "## GS − its step-matched control (same batches, λ = 0), by seed",
+            "",
+            "Points: mean ± standard error over seeds; p of the two-sided paired t-test "
+            f"at 5 %; Holm-corrected over the primary columns ({', '.join(primary)}). "
+            "`*`: significant (after Holm for primary columns).",
+            "",
+            "| row − control | " + " | ".join(self.columns) + " |",
+            "|---|" + "---|" * len(self.columns),
+        ]
+        for row, entry in differences.items():
+            cells = []
+            for column in self.columns:
+                d = entry["columns"].get(column)
+                if d is None:
+                    cells.append("—")
+                    continue
+                cell = f"{d['mean']:+.2f}"
+                if d["se"] is not None:
+                    cell += f" ± {d['se']:.2f}"
+                if d["p"] is not None:
+                    cell += f", p {d['p']:.3f}"
+                if "p_holm" in d:
+                    cell += f", Holm {d['p_holm']:.3f}"
+                if d.get("significant_holm", d["significant"] if column not in primary else False):
+                    cell += " *"
+                cells.append(cell)
+            lines.append(
+                f"| {self.labels[row]} − {self.labels[entry['control']]} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        return lines
+
+    # === Figures ===
+
+    def write(self, report, path, render):
+        """`render(report)` into the `.md` and `.png` beside `path` (and
+        `_curves.png`, `_differences.png` when the report has them);
+        returns the Markdown."""
+        markdown, title = render(report)
+        stem = path.with_suffix("")
+        figures = [f"![accuracy]({path.with_suffix('.png').name})"]
+        if report.get("curves"):
+            self.plot_curves(report, Path(f"{stem}_curves.png"), title)
+            figures.append(f"![validation curves]({Path(f'{stem}_curves.png').name})")
+        if report.get("differences"):
+            self.plot_differences(report, Path(f"{stem}_differences.png"), title)
+            figures.append(f"![paired differences]({Path(f'{stem}_differences.png').name})")
+        markdown += "\n" + "\n".join(figures) + "\n"
+        path.with_suffix(".md").write_text(markdown)
+        self.plot(report, path.with_suffix(".png"), title)
+        return markdown
+
+    @staticmethod
+    def _pyplot():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+
+    def plot(self, report, path, title):
+        """Bars: mean ± std over seeds per row and column; ticks: the paper."""
+        plt = self._pyplot()
+        rows = list(report["summary"])
+        columns = [c for c in self.columns if any(c in report["summary"][r] for r in rows)]
+        fig, ax = plt.subplots(figsize=(2 + 1.7 * len(columns) + 0.3 * len(rows), 5.2))
+        width = 0.8 / len(rows)
+        for k, row in enumerate(rows):
+            cells = report["summary"][row]
+            means = [cells.get(c, {}).get("mean", np.nan) for c in columns]
+            stds = [cells.get(c, {}).get("std", 0.0) for c in columns]
+            xs = np.arange(len(columns)) + (k - (len(rows) - 1) / 2) * width
+            ax.bar(xs, means, width, yerr=stds, label=self.labels[row], capsize=2)
+            paper = [self.paper_value(row, c) for c in columns]
+            if any(v is not None for v in paper):
+                paper = [np.nan if v is None else v for v in paper]
+                ax.scatter(xs, paper, marker="_", s=120, color="black", zorder=3)
+        ax.set_xticks(np.arange(len(columns)), columns, fontsize=8)
+        ax.set_ylabel(self.ylabel)
+        ax.set_ylim(*self.ylim)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+        fig.tight_layout()
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+    def plot_curves(self, report, path, title):
+        """Validation accuracy and main loss per epoch, mean over seeds, one
+        line a row."""
+        plt = self._pyplot()
+        curves = report["curves"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, key, label in (
+            (axes[0], "val_accuracy", "validation accuracy"),
+            (axes[1], "val_main_loss", "validation main loss"),
+        ):
+            for row, series in curves.items():
+                values = series.get(key) or series.get("val_loss")
+                if values:
+                    ax.plot(np.arange(1, len(values) + 1), values, label=self.labels[row])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label + " (mean over seeds)")
+        axes[0].legend(fontsize=6)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+    def plot_differences(self, report, path, title):
+        """GS − control per column: mean ± standard error over seeds."""
+        plt = self._pyplot()
+        differences = report["differences"]
+        fig, ax = plt.subplots(figsize=(2 + 1.4 * len(self.columns), 4.2))
+        width = 0.8 / max(1, len(differences))
+        for k, (row, entry) in enumerate(differences.items()):
+            columns = [c for c in self.columns if c in entry["columns"]]
+            means = [entry["columns"][c]["mean"] for c in columns]
+            errors = [entry["columns"][c]["se"] or 0.0 for c in columns]
+            xs = np.array([self.columns.index(c) for c in columns], float)
+            xs += (k - (len(differences) - 1) / 2) * width
+            ax.errorbar(xs, means, yerr=errors, fmt="o", capsize=3, label=self.labels[row])
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(np.arange(len(self.columns)), self.columns, fontsize=8)
+        ax.set_ylabel("GS − control (points), mean ± s.e.")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+
+def resumable_runs(partial, args):
+    """The finished runs of a partial report, if its arguments match `args`
+    (beyond `RESUMABLE_CHANGES`).
+
+    Raises:
+        ValueError: the partial file was written by another configuration.
+    """
+    previous = {k: v for k, v in partial.get("args", {}).items() if k not in RESUMABLE_CHANGES}
+    current = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if changed:
+        raise ValueError(
+            f"The partial results were written with other arguments ({', '.join(changed)}); "
+            "pass --restart to discard them, or another --tag."
+        )
+    if "grid" in partial:
+        return partial["grid"]
+    return partial.get("runs", {})
+
+
+def progress_line(done, total, elapsed, seconds_per_run):
+    """`[#####.....] done/total runs, elapsed, about ... left`."""
+    width = 20
+    filled = int(width * done / total) if total else width
+    text = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs, "
+    text += f"{elapsed / 60:.1f} min elapsed"
+    if seconds_per_run is not None and done < total:
+        text += f", about {(total - done) * seconds_per_run / 60:.1f} min left"
+    return text
+
+
+def run_grid(seeds, rows, run_one, write_partial, on_result=None, describe="", done=None):
+    """Runs `run_one(row, seed)` for every seed and row, in that order.
+
+    `run_one` returns `(result, trainer)`; `on_result(row, seed, result,
+    trainer)` sees each (e.g. to keep the best trainer), and after each run
+    `write_partial(runs)` is called, so that a run cut short leaves every
+    finished result behind. Runs already in `done` (`{row: {str(seed):
+    result}}`, from a partial file) are kept and skipped. A progress bar
+    over the runs with an estimate of the time left (the mean time of the
+    runs of this call) is printed before each run. Returns
+    `runs[row][str(seed)] = result`.
+    """
+    runs = {row: dict(by_seed) for row, by_seed in (done or {}).items()}
+    for row in rows:
+        runs.setdefault(row, {})
+    todo = [(seed, row) for seed in seeds for row in rows if str(seed) not in runs[row]]
+    total = len(seeds) * len(rows)
+    start = time.perf_counter()
+    for k, (seed, row) in enumerate(todo):
+        finished = total - len(todo) + k
+        elapsed = time.perf_counter() - start
+        print(progress_line(finished, total, elapsed, elapsed / k if k else None), flush=True)
+        print(f"=== {row}, seed {seed}{describe}", flush=True)
+        result, trainer = run_one(row, seed)
+        print(json.dumps(result), flush=True)
+        runs[row][str(seed)] = result
+        if on_result is not None:
+            on_result(row, seed, result, trainer)
+        write_partial(runs)
+    print(progress_line(total, total, time.perf_counter() - start, None), flush=True)
+    return runs
+
+
+def replot(path, table, render):
+    """Re-renders the `.md` and `.png` of a result `.json`, no training."""
+    path = Path(path)
+    table.write(json.loads(path.read_text()), path, render)

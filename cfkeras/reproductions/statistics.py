@@ -1,0 +1,80 @@
+"""Paired statistics of two rows trained on the same seeds: GS − its control.
+
+`paired_differences` takes the per-seed scores of a treatment row and of its
+step-matched control and returns, per column, the differences by seed, their
+mean, standard error, a two-sided paired t-test, and the Holm correction over
+the primary columns.
+"""
+
+import math
+
+import numpy as np
+
+
+def paired_differences(treatment, control, primary=(), alpha=0.05, scale=100.0):
+    """GS − control by seed, per column, with a paired t-test and Holm.
+
+    Formula, per column, with `d_s = scale * (treatment_s - control_s)` over
+    the `n` seeds present in both rows:
+
+    ```
+    mean = sum_s d_s / n,   sd = sqrt(sum_s (d_s - mean)^2 / (n - 1))
+    se = sd / sqrt(n),      t = mean / se   (n - 1 degrees of freedom)
+    p = 2 * P(T_{n-1} > |t|)                 (two-sided)
+    ```
+
+    Holm over the `m` primary columns with a p-value, sorted by p
+    ascending: `p_holm_(i) = max_{k <= i} min(1, (m - k + 1) p_(k))`; a
+    column is significant when its (Holm-corrected, if primary) p is below
+    `alpha`. With one seed, or no variation, there is no test (`p` None),
+    except a constant non-zero difference (`p = 0`).
+
+    Args:
+        treatment: `{column: {seed: score}}` of the treatment row.
+        control: the same of its control.
+        primary: the columns of the Holm family.
+        alpha: the level of the tests.
+        scale: multiplies the differences (100: scores in [0, 1] to points).
+
+    Returns:
+        `{column: {"by_seed": {seed: d}, "n", "mean", "se", "t", "p",
+        "significant", and for primary columns "p_holm",
+        "significant_holm"}}`.
+    """
+    from scipy import stats
+
+    out = {}
+    for column, by_seed in treatment.items():
+        seeds = sorted(set(by_seed) & set(control.get(column, {})), key=str)
+        if not seeds:
+            continue
+        d = np.array([scale * (by_seed[s] - control[column][s]) for s in seeds], np.float64)
+        n = len(d)
+        mean = float(d.mean())
+        se = t = p = None
+        if n > 1:
+            sd = float(d.std(ddof=1))
+            se = sd / math.sqrt(n)
+            if sd > 0:
+                t = mean / se
+                p = float(2 * stats.t.sf(abs(t), n - 1))
+            elif mean != 0:
+                p = 0.0
+        out[column] = {
+            "by_seed": {str(s): float(v) for s, v in zip(seeds, d)},
+            "n": n,
+            "mean": mean,
+            "se": se,
+            "t": t,
+            "p": p,
+            "significant": p is not None and p < alpha,
+        }
+    family = sorted(
+        (c for c in primary if c in out and out[c]["p"] is not None), key=lambda c: out[c]["p"]
+    )
+    running = 0.0
+    for rank, column in enumerate(family):
+        running = max(running, min(1.0, (len(family) - rank) * out[column]["p"]))
+        out[column]["p_holm"] = running
+        out[column]["significant_holm"] = running < alpha
+    return out

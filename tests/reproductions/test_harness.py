@@ -1,0 +1,136 @@
+"""The reproductions' harness without training: resumption from the partial
+file, the learning-rate choice on validation, the convergence flag, the
+paired differences in the report, and the console entry point."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cfkeras.reproductions import cli, harness
+
+TABLE = harness.Table(
+    ("control", "gs"),
+    ("validation", "test"),
+    {"control": "control", "gs": "+ GS"},
+    {"gs": (80.0, None)},
+    controls={"gs": "control"},
+    primary=("test",),
+)
+
+
+def fake_run(calls, fail_after=None):
+    """A `run_one` whose scores depend on row, seed and rate; it raises (a
+    run cut short) once `fail_after` runs have finished."""
+
+    def run_one(row, seed, learning_rate=None):
+        if fail_after is not None and len(calls) == fail_after:
+            raise KeyboardInterrupt
+        calls.append((row, seed, learning_rate))
+        bonus = 0.1 if row == "gs" else 0.0
+        # The validation accuracy peaks at rate 1 for the control and 3 for GS.
+        best = 3.0 if row == "gs" else 1.0
+        validation = 0.5 - 0.01 * abs(learning_rate - best) + 0.001 * seed
+        curve = [0.4, 0.5, 0.6, 0.55] if row == "gs" else [0.4, 0.5, 0.55, 0.6]
+        return {
+            "scores": {"validation": validation, "test": 0.6 + bonus + 0.01 * seed},
+            "best_epoch": 3 if row == "gs" else 4,
+            "history": {"val_accuracy": curve, "val_main_loss": [1.0, 0.9, 0.8, 0.7]},
+        }, None
+
+    return run_one
+
+
+def args_for(tmp_path, **changes):
+    values = dict(
+        seeds=[0, 1, 2],
+        rows=["control", "gs"],
+        learning_rates=[1.0, 3.0],
+        epochs=4,
+        out=str(tmp_path),
+        tag=None,
+        restart=False,
+        sequence_length=8,
+    )
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def render(report):
+    return TABLE.markdown(report, "fake"), "fake"
+
+
+def test_a_run_cut_short_resumes_from_its_partial_file(tmp_path):
+    args = args_for(tmp_path)
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        TABLE.run(args, [], "fake", fake_run(calls, fail_after=5), render, 0.0)
+    partial = json.loads((tmp_path / "fake.partial.json").read_text())
+    assert sum(map(len, partial["grid"].values())) == 5
+    # The same command again: only the 12 - 5 missing runs, none twice.
+    again = []
+    report = TABLE.run(args, [], "fake", fake_run(again), render, 0.0)
+    assert len(again) == 7 and not set(again) & set(calls)
+    assert not (tmp_path / "fake.partial.json").exists()
+    assert sum(map(len, report["grid"].values())) == 12
+    # Each row's rate chosen on validation; the chosen runs are reported.
+    assert report["chosen_learning_rate"] == {"control": 1.0, "gs": 3.0}
+    assert report["runs"]["gs"] == report["grid"]["gs@lr=3"]
+    # The mean curves, the convergence flag (best epoch 4 of 4: the last 10 %).
+    assert report["curves"]["gs"]["val_accuracy"] == pytest.approx([0.4, 0.5, 0.6, 0.55])
+    assert report["convergence"]["control"]["converged"] is False
+    assert report["convergence"]["gs"]["converged"] is True
+    difference = report["differences"]["gs"]["columns"]["test"]
+    assert difference["mean"] == pytest.approx(10.0) and "p_holm" in difference
+    markdown = (tmp_path / "fake.md").read_text()
+    assert "**not converged**" in markdown and "Holm" in markdown
+    for figure in ("fake.png", "fake_curves.png", "fake_differences.png"):
+        assert (tmp_path / figure).stat().st_size > 0
+    # A finished report is extended the same way: a new seed runs alone.
+    more = []
+    report = TABLE.run(
+        args_for(tmp_path, seeds=[0, 1, 2, 3]), [], "fake", fake_run(more), render, 0
+    )
+    assert sorted(more) == [
+        ("control", 3, 1.0),
+        ("control", 3, 3.0),
+        ("gs", 3, 1.0),
+        ("gs", 3, 3.0),
+    ]
+    assert set(report["runs"]["gs"]) == {"0", "1", "2", "3"}
+    # The same finished command again: no run, the report re-rendered.
+    none = []
+    TABLE.run(args_for(tmp_path, seeds=[0, 1, 2, 3]), [], "fake", fake_run(none), render, 0)
+    assert none == [] and (tmp_path / "fake.json").exists()
+
+
+def test_resuming_with_other_arguments_is_refused_unless_restarted(tmp_path):
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        TABLE.run(args_for(tmp_path), [], "fake", fake_run(calls, 2), render, 0.0)
+    with pytest.raises(ValueError, match="epochs"):
+        TABLE.run(args_for(tmp_path, epochs=8), [], "fake", fake_run([]), render, 0.0)
+    fresh = []
+    TABLE.run(args_for(tmp_path, epochs=8, restart=True), [], "fake", fake_run(fresh), render, 0.0)
+    assert len(fresh) == 12
+
+
+def test_progress_line_estimates_the_time_left():
+    line = harness.progress_line(3, 12, 180.0, 60.0)
+    assert line.startswith("[#####...............] 3/12 runs") and "about 9.0 min left" in line
+
+
+def test_console_entry_point_dispatches_to_the_reproductions(monkeypatch, capsys):
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+    assert re.search(r"cfkeras-reproduce = cfkeras\.reproductions\.cli:main", setup)
+    seen = []
+    from cfkeras.reproductions import snli_table3
+
+    monkeypatch.setattr(snli_table3, "main", lambda argv: seen.append((argv, harness.PROGRAM)))
+    assert cli.main(["snli", "--seeds", "0"]) == 0
+    assert seen == [(["--seeds", "0"], ["cfkeras-reproduce", "snli"])]
+    assert harness.PROGRAM is None
+    assert cli.main(["--help"]) == 0 and "imdb-few" in capsys.readouterr().out
+    assert cli.main(["digits"]) == 2
