@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cfkeras import _keras_private
+from cfkeras import _keras_private, validation
 from cfkeras.models.graph import (
     ENSEMBLE_OUTPUT,
     GS_SPACE,
@@ -18,7 +18,7 @@ from cfkeras.models.graph import (
     symbolic_input,
 )
 from cfkeras.models.trainer import minimize, scale
-from cfkeras.pairs import flatten_pair_batch
+from cfkeras.pairs import flatten_pair_batch, is_pair
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "linear")
 # The public names of the ensemble's layers (defined in cfkeras.models.graph).
@@ -287,10 +287,16 @@ class StackedEnsemble(keras.Model):
             total = total + _keras_private.aggregate_additional_loss(self, loss)
         return total
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, after `cfkeras.validation.check_training_data`."""
+        validation.check_training_data(self, x, y, kwargs.get("sample_weight"))
+        return super().fit(x, y, *args, **kwargs)
+
     def train_step(self, data):
         # Keras's TensorFlow train_step, in its order, with the embedding
         # gradients applied dense (cfkeras.models.trainer.minimize).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _check_unpaired(x, y)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = _keras_private.compute_loss(self, x, y, y_pred, sample_weight, training=True)
@@ -301,6 +307,10 @@ class StackedEnsemble(keras.Model):
             scaled = scale(self.optimizer, loss)
         minimize(self.optimizer, tape, scaled, self.trainable_weights)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        _check_unpaired(*keras.utils.unpack_x_y_sample_weight(data)[:2])
+        return super().test_step(data)
 
     # === Config ===
 
@@ -358,6 +368,16 @@ def stacked_ensemble(build_fn, members, gs_layer=None, seed=0, name="stacked_ens
 
 
 # === Helpers ===
+
+
+def _check_unpaired(x, y):
+    if is_pair(x) or is_pair(y):
+        raise ValueError(
+            "StackedEnsemble.fit and evaluate take ordinary batches `(x, y)`; received pairs. "
+            "For gradient supervision wrap the ensemble: `GradientSupervisionModel(ensemble, "
+            "gs_layer='ensemble_gs_space')`; for the augmentation baseline train on "
+            "`pairs.flatten()`."
+        )
 
 
 def _model_input(model):

@@ -35,6 +35,21 @@ def has_layer(model, name):
     return any(layer.name == name for layer in getattr(model, "layers", []))
 
 
+def check_single_output(model):
+    """Raises if a functional model has more than one output (a keras-hub backbone).
+
+    Raises:
+        ValueError: naming the fix.
+    """
+    outputs = getattr(model, "outputs", None) if isinstance(model, keras.Model) else None
+    if outputs and len(outputs) != 1:
+        raise ValueError(
+            f"cfkeras trains models with one output; model {model.name!r} has "
+            f"{len(outputs)}. A keras-hub backbone outputs a dict of sequences: wrap it in a "
+            "classifier first, e.g. `cfkeras.encoders.encoder_classifier(backbone, num_classes)`."
+        )
+
+
 def split_at_layer(model, layer_name):
     """Splits a functional model at a layer into `(encoder, head)`.
 
@@ -61,10 +76,7 @@ def split_at_layer(model, layer_name):
             f"gs_layer={layer_name!r}: model {model.name!r} has no such layer; "
             f"its layers are {names}."
         ) from error
-    if len(model.outputs) != 1:
-        raise ValueError(
-            f"cfkeras trains models with one output; model {model.name!r} has {len(model.outputs)}."
-        )
+    check_single_output(model)
     try:
         space = layer.output
     except (AttributeError, ValueError) as error:

@@ -19,9 +19,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cfkeras import _keras_private
+from cfkeras import _keras_private, validation
 from cfkeras.models import graph
-from cfkeras.pairs import ORIGINAL, is_pair
+from cfkeras.pairs import ORIGINAL, check_pair_keys, is_pair
 
 
 def densify(gradient):
@@ -99,6 +99,8 @@ class PairTrainer(keras.Model):
 
     def compute_step_losses(self, x, y, sample_weight=None, training=False):
         """`(objective, stats)` of a batch, paired or not."""
+        check_pair_keys(x, "inputs")
+        check_pair_keys(y, "labels")
         if is_pair(x) or is_pair(y):
             return self.compute_pair_losses(x, y, sample_weight, training=training)
         return self.compute_unpaired_losses(x, y, sample_weight, training=training)
@@ -136,6 +138,18 @@ class PairTrainer(keras.Model):
         return self.update_trackers(stats, paired=is_pair(x))
 
     # === Keras plumbing ===
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, after `cfkeras.validation.check_training_data` on its
+        first batch: bad data is a `ValueError` naming the fix, before any step."""
+        validation.check_training_data(
+            self, x, y, kwargs.get("sample_weight"), classification=self.classification_labels
+        )
+        return super().fit(x, y, *args, **kwargs)
+
+    # Whether the labels are class labels (checked by `fit`); None: when the
+    # compiled loss is a cross-entropy.
+    classification_labels = None
 
     def _resolve_auto_jit_compile(self):
         # Keras resolves `jit_compile="auto"` to False on CPU, where XLA was
