@@ -77,13 +77,15 @@ def split_at_layer(model, layer_name):
             f"its layers are {names}."
         ) from error
     check_single_output(model)
-    try:
-        space = layer.output
-    except (AttributeError, ValueError) as error:
+    # The output of the layer's call in this model: for a nested functional
+    # model, its public `output` is that of its own inner graph.
+    calls = _keras_private.call_outputs(layer)
+    if len(calls) != 1:
         raise ValueError(
-            f"gs_layer={layer_name!r} is called more than once in the model: "
+            f"gs_layer={layer_name!r} is called {len(calls)} times in the model: "
             "its output is ambiguous. Pass `encoder=` and `head=` instead."
-        ) from error
+        )
+    space = calls[0][0] if len(calls[0]) == 1 else calls[0]
     if not isinstance(space, keras.KerasTensor):
         raise ValueError(
             f"gs_layer={layer_name!r} must output a single tensor; it outputs {space!r}."
