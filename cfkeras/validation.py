@@ -52,13 +52,13 @@ def _values(t):
     return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
 
 
-def _check_finite(value, what):
+def _check_finite(value, what, where):
     for leaf in keras.tree.flatten(value):
         array = _values(leaf)
         if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
             bad = int(np.sum(~np.isfinite(array)))
             raise ValueError(
-                f"fit: the {what} contain {bad} NaN or Inf value(s) in the first batch. "
+                f"fit: the {what} contain {bad} NaN or Inf value(s) in {where}. "
                 "Remove or impute them before training (cfkeras.pairs.Pairs rejects them "
                 "when the pairs are built)."
             )
@@ -136,6 +136,7 @@ def check_training_data(model, x, y=None, sample_weight=None, classification=Non
     batch = first_batch(x, y, sample_weight)
     if batch is None:
         return
+    where = "the first batch" if isinstance(x, tf.data.Dataset) else "the data"
     x, y, sample_weight = batch
     check_pair_keys(x, "inputs")
     check_pair_keys(y, "labels")
@@ -145,17 +146,17 @@ def check_training_data(model, x, y=None, sample_weight=None, classification=Non
     else:
         members = [(x, y, None)]
     if sample_weight is not None:
-        _check_finite(sample_weight, "sample weights")
+        _check_finite(sample_weight, "sample weights", where)
         if any(np.any(_values(w) < 0) for w in keras.tree.flatten(sample_weight)):
             raise ValueError("fit: the sample weights must be non-negative.")
     if classification is None:
         classification = _CLASSIFICATION_LOSS in _loss_name(getattr(model, "loss", None))
     width = _output_width(model)
     for inputs, labels, member in members:
-        where = "" if member is None else f" ({member} member)"
-        _check_finite(inputs, "inputs" + where)
+        member_name = "" if member is None else f" ({member} member)"
+        _check_finite(inputs, "inputs" + member_name, where)
         if labels is None:
             continue
-        _check_finite(labels, "labels" + where)
+        _check_finite(labels, "labels" + member_name, where)
         if classification and width is not None and not isinstance(labels, tf.RaggedTensor):
-            check_labels(labels, width, "labels" + where)
+            check_labels(labels, width, "labels" + member_name)
