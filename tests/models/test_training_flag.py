@@ -7,7 +7,8 @@ a step (GS: the encoder, then the head inside the input-gradient tape; the
 stacked ensemble: the ensemble and every member; CAT: CMIX/CAL's passes,
 CRM's and ERM's). A `Recorder` layer placed in every part of the model
 records the `training` flag of each call while the step is traced (the flag
-is a Python value there, so the trace holds it, with or without XLA).
+is a Python value there, so the trace holds it, with or without XLA; CAT's
+step runs eagerly here, the same Python calls).
 Batch normalisation's moving statistics confirm it numerically.
 
 The one documented exception: when the GS head itself normalises over the
@@ -152,7 +153,7 @@ def test_cat_every_pass_is_in_training_mode():
     cat.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=False,
+        run_eagerly=True,  # tracing CAT's step costs seconds; the calls are the same
     )
     rng = np.random.default_rng(0)
     mask = np.arange(8) < rng.integers(3, 9, (8, 1))
