@@ -219,6 +219,10 @@ def check_mismatched_dtypes(m):
     x, y = dense_batch()
     x["counterfactual"] = x["counterfactual"].astype("float64")
     rejects(m["gs"].fresh(), r"same shape and dtype.*cast them to one dtype", dataset((x, y)))
+    a, b = tokens(), tokens()
+    b["token_ids"] = b["token_ids"].astype("int64")
+    labels = make_pair(np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0]))
+    rejects(m["cat"].fresh(), r"same shape and dtype", dataset((make_pair(a, b), labels)))
     x, y = dense_batch()
     y["counterfactual"] = y["counterfactual"].astype("int32")
     rejects(
@@ -237,6 +241,9 @@ def check_ragged_text_pairs(m):
         r"ragged \(tf.RaggedTensor\).*pad them to one length",
         pairs.to_dataset(batch_size=4),
     )
+    members = [{"token_ids": t, "segment_ids": t * 0, "padding_mask": t > 0} for t in (a, b)]
+    labels = make_pair(np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0]))
+    rejects(m["cat"].fresh(), r"ragged", dataset((make_pair(*members), labels)))
 
 
 def check_text_pairs_of_different_lengths(m):
@@ -284,6 +291,7 @@ def check_nan_or_inf_labels(m):
     rejects(
         m["gs"].fresh(), r"labels \(counterfactual member\) contain 1 NaN or Inf", dataset((x, y))
     )
+    rejects(m["ensemble"].fresh(), r"labels contain 1 NaN", x["original"], y["counterfactual"])
     with pytest.raises(ValueError, match="labels: the counterfactual member contains NaN"):
         Pairs(x["original"], x["counterfactual"], y["original"], y["counterfactual"])
 
@@ -401,6 +409,10 @@ def check_wrong_pair_keys(m):
     rejects(
         m["gs"].fresh(), r"look like a pair but have the keys \['cf', 'original'\]", dataset((x, y))
     )
+    rejects(m["ensemble"].fresh(), r"look like a pair", dataset((x, y)))
+    pair = {"original": tokens(), "cf": tokens(seed=1)}
+    labels = make_pair(np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0]))
+    rejects(m["cat"].fresh(), r"look like a pair", dataset((pair, labels)))
 
 
 def check_labels_of_wrong_arity(m):
@@ -412,6 +424,13 @@ def check_labels_of_wrong_arity(m):
         m["gs_softmax"].fresh(),
         r"2 columns per example but the model has 3 outputs",
         dataset((x, y)),
+    )
+    rejects(m["ensemble"].fresh(), "3 columns", x["original"], np.ones((8, 3), "float32"))
+    rejects(
+        m["cat"].fresh(),
+        "3 columns per example but the model has 2",
+        tokens(),
+        np.eye(4, 3, dtype="float32"),
     )
 
 
@@ -443,6 +462,9 @@ def check_negative_sample_weights(m):
     x, y = dense_batch()
     weight = np.where(np.arange(8) == 3, -1.0, 1.0).astype("float32")
     rejects(m["gs"].fresh(), "sample weights must be non-negative", dataset((x, y, weight)))
+    rejects(
+        m["ensemble"].fresh(), "non-negative", x["original"], y["original"], sample_weight=weight
+    )
     with pytest.raises(ValueError, match="finite and non-negative"):
         Pairs(x["original"], x["counterfactual"], y["original"], y["counterfactual"], weight)
 
@@ -612,21 +634,21 @@ CASES = {
     ),
     "nan_or_inf_inputs": Case(
         "NaN or Inf in the inputs",
-        "GS, ensemble, CAT, `Pairs`",
+        "GS, ensemble, `Pairs` (CAT's inputs are token ids)",
         '`ValueError` from `fit`: "the inputs (original member) contain 1 NaN or Inf value(s) '
         'in the first batch. Remove or impute them ..."; `Pairs`: "contains NaN or Inf"',
         check_nan_or_inf_inputs,
     ),
     "nan_or_inf_labels": Case(
         "NaN or Inf in the labels",
-        "GS, ensemble, CAT, `Pairs`",
+        "GS, ensemble, `Pairs`",
         '`ValueError` from `fit`: "the labels (counterfactual member) contain 1 NaN or Inf '
         'value(s) ..."; `Pairs`: "labels: the counterfactual member contains NaN or Inf"',
         check_nan_or_inf_labels,
     ),
     "non_finite_later_batch": Case(
         "NaN or Inf in a later batch (not read ahead by `fit`)",
-        "GS, ensemble, CAT",
+        "GS, ensemble",
         "`cfkeras.callbacks.TerminateOnNonFinite` stops training, restores the weights of the "
         "epoch's start and warns: \"epoch 1, batch 1: non-finite `main_loss` (the main loss), "
         '`loss` (the total loss); training stopped ..."',
@@ -634,7 +656,7 @@ CASES = {
     ),
     "guard_names_the_term": Case(
         "one loss term goes non-finite",
-        "GS, ensemble, CAT",
+        "GS, CAT (ensemble: above)",
         "`TerminateOnNonFinite` names it: `main_loss`, `gs_loss` (the GS term), `crm_loss` / "
         "`cal_objective_after` (CAT), `member_{k}_loss` (ensemble), `loss`",
         check_guard_names_the_term,
@@ -672,7 +694,7 @@ CASES = {
     ),
     "wrong_pair_keys": Case(
         "a pair dict with other keys than `original`/`counterfactual`",
-        "GS, CAT, ensemble",
+        "GS, ensemble, CAT",
         "`ValueError`: \"The inputs look like a pair but have the keys ['cf', 'original']; a "
         "pair has exactly the keys 'original' and 'counterfactual'\"",
         check_wrong_pair_keys,
@@ -701,7 +723,7 @@ CASES = {
     ),
     "negative_sample_weights": Case(
         "negative sample weights",
-        "GS, ensemble, CAT, `Pairs`",
+        "GS, ensemble, `Pairs`",
         '`ValueError` from `fit`: "the sample weights must be non-negative"; `Pairs`: '
         '"finite and non-negative"',
         check_negative_sample_weights,
@@ -736,7 +758,7 @@ CASES = {
     ),
     "mixed_precision_overflow": Case(
         "non-finite gradients under mixed precision (loss scaling through the inner tape)",
-        "GS (any trainer)",
+        "GS",
         "safe no-op: `LossScaleOptimizer` skips the update (weights unchanged; "
         "`optimizer.iterations` does not advance) and halves `optimizer.dynamic_scale`",
         check_mixed_precision_overflow,
