@@ -24,7 +24,7 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -863,9 +863,11 @@ def test_any_pair_batch_is_an_error_before_the_step_or_trains_to_finite_weights(
         except ValueError as error:
             assert re.search("NaN or Inf|must be in \\[0, 1\\]", str(error)), str(error)
             assert unchanged(model, gs.initial)
+            event("rejected by fit")
             return
     assert finite(model)
     assert guard.message is None or unchanged(model, gs.initial)
+    event("trained" if guard.message is None else "stopped by the guard")
 
 
 if __name__ == "__main__":
