@@ -504,21 +504,26 @@ def check_loss_forms(m):
         "ensemble": (lambda: stacked_ensemble(mlp, 2), (x["original"], y["original"])),
         "cat": (
             lambda: CounterfactualAdversarialModel(
-                softmax_encoder_classifier(), mix_layers=(1,), cal_steps=1, warmup_epochs=0, seed=0
+                softmax_encoder_classifier(),
+                mix_layers=(1,),
+                cal_steps=1,
+                warmup_epochs=0,
+                seed=0,
             ),
             (tokens(), np.array([0, 1, 0, 1])),
         ),
     }
-    # Eager steps (no tracing): the loss is resolved the same way as in a compiled step.
+    # The same weights and seeds for each form (CAT's draws come from its
+    # seed); eager steps (no tracing) resolve the loss as a compiled step does.
     for key, (build, data) in runs.items():
-        trained, initial = [], None
+        initial, trained = None, []
         for loss in LOSS_FORMS[key]:
             model = build()
             model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss, run_eagerly=True)
-            if trained:
-                model.set_weights(initial)
-            initial = model.get_weights()
-            model.fit(*data, epochs=2, verbose=0)
+            if initial is None:
+                initial = model.get_weights()
+            model.set_weights(initial)
+            model.fit(*data, verbose=0)
             trained.append(model.get_weights())
         for other in trained[1:]:
             for a, b in zip(trained[0], other):
