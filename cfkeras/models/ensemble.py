@@ -288,9 +288,8 @@ class StackedEnsemble(keras.Model):
         return total
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, after `cfkeras.validation.check_training_data`."""
-        validation.check_training_data(self, x, y, kwargs.get("sample_weight"))
-        return super().fit(x, y, *args, **kwargs)
+        """`keras.Model.fit` on data checked by `cfkeras.validation`."""
+        return validation.fit_checked(super().fit, self, x, y, args, kwargs)
 
     def train_step(self, data):
         # Keras's TensorFlow train_step, in its order, with the embedding

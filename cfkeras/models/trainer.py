@@ -140,12 +140,11 @@ class PairTrainer(keras.Model):
     # === Keras plumbing ===
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, after `cfkeras.validation.check_training_data` on its
-        first batch: bad data is a `ValueError` naming the fix, before any step."""
-        validation.check_training_data(
-            self, x, y, kwargs.get("sample_weight"), classification=self.classification_labels
+        """`keras.Model.fit` on data checked by `cfkeras.validation`: bad data is a
+        `ValueError` naming the fix, raised before a step trains on it."""
+        return validation.fit_checked(
+            super().fit, self, x, y, args, kwargs, classification=self.classification_labels
         )
-        return super().fit(x, y, *args, **kwargs)
 
     # Whether the labels are class labels (checked by `fit`); None: when the
     # compiled loss is a cross-entropy.

@@ -277,7 +277,7 @@ def check_nan_or_inf_inputs(m):
     x, y = dense_batch()
     x["original"][2, 1] = np.nan
     x["counterfactual"][0, 0] = np.inf
-    rejects(m["gs"].fresh(), r"inputs \(original member\) contain 1 NaN or Inf", dataset((x, y)))
+    rejects(m["gs"].fresh(), r"inputs \(original member\) contain NaN or Inf", dataset((x, y)))
     rejects(
         m["ensemble"].fresh(), r"inputs contain 1 NaN or Inf", x["counterfactual"], y["original"]
     )
@@ -289,7 +289,7 @@ def check_nan_or_inf_labels(m):
     x, y = dense_batch()
     y["counterfactual"][3] = np.inf
     rejects(
-        m["gs"].fresh(), r"labels \(counterfactual member\) contain 1 NaN or Inf", dataset((x, y))
+        m["gs"].fresh(), r"labels \(counterfactual member\) contain NaN or Inf", dataset((x, y))
     )
     rejects(m["ensemble"].fresh(), r"labels contain 1 NaN", x["original"], y["counterfactual"])
     with pytest.raises(ValueError, match="labels: the counterfactual member contains NaN"):
@@ -299,11 +299,30 @@ def check_nan_or_inf_labels(m):
 def check_non_finite_later_batch(m):
     model = m["gs"].fresh()
     bad_x, bad_y = dense_batch(seed=1)
-    bad_x["original"][0, 0] = np.nan  # the first batch is clean: fit's check passes
+    bad_x["original"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"inputs \(original member\) contain NaN or Inf"):
+        model.fit(dataset(dense_batch(), (bad_x, bad_y)), verbose=0)
+    assert finite(model)  # one step on the clean first batch, none on the bad one
+
+
+def generator(*batches):
+    """A Python generator of the batches: data that `fit` does not check."""
+
+    def generate():
+        yield from batches
+
+    return generate()
+
+
+def check_non_finite_from_unchecked_data(m):
+    model = m["gs"].fresh()
+    bad_x, bad_y = dense_batch(seed=1)
+    bad_x["original"][0, 0] = np.nan
     guard = TerminateOnNonFinite()
     with pytest.warns(RuntimeWarning, match=r"non-finite `main_loss` \(the main loss\)"):
         history = model.fit(
-            dataset(dense_batch(), (bad_x, bad_y), dense_batch()),
+            generator(dense_batch(), (bad_x, bad_y), dense_batch()),
+            steps_per_epoch=3,
             epochs=3,
             verbose=0,
             callbacks=[guard],
@@ -319,7 +338,9 @@ def check_non_finite_later_batch(m):
     y = (np.arange(8) % 2).astype("float32")
     guard = TerminateOnNonFinite()
     with pytest.warns(RuntimeWarning, match="member_0_loss"):
-        ensemble.fit(dataset((x[0], y), (x[1], y)), verbose=0, callbacks=[guard])
+        ensemble.fit(
+            generator((x[0], y), (x[1], y)), steps_per_epoch=2, verbose=0, callbacks=[guard]
+        )
     assert "member_1_loss" in guard.terms and finite(ensemble)
 
 
@@ -437,7 +458,7 @@ def check_labels_of_wrong_arity(m):
 def check_labels_out_of_range(m):
     x, y = dense_batch()
     y["original"] = y["original"] * 2
-    rejects(m["gs"].fresh(), r"must be in \[0, 1\].*range over \[0, 2\]", dataset((x, y)))
+    rejects(m["gs"].fresh(), r"must be in \[0, 1\].*Map them to 0/1", dataset((x, y)))
     y = make_pair(np.arange(8) % 3 + 1, np.arange(8) % 3)
     rejects(
         m["gs_softmax"].fresh(),
@@ -640,24 +661,35 @@ CASES = {
     "nan_or_inf_inputs": Case(
         "NaN or Inf in the inputs",
         "GS, ensemble, `Pairs` (CAT's inputs are token ids)",
-        '`ValueError` from `fit`: "the inputs (original member) contain 1 NaN or Inf value(s) '
-        'in the first batch. Remove or impute them ..."; `Pairs`: "contains NaN or Inf"',
+        '`ValueError` from `fit`: "the inputs (original member) contain NaN or Inf values in a '
+        'batch. Remove or impute them ..." (arrays: "contain 1 NaN or Inf values in the '
+        'data"); `Pairs`: "contains NaN or Inf"',
         check_nan_or_inf_inputs,
     ),
     "nan_or_inf_labels": Case(
         "NaN or Inf in the labels",
         "GS, ensemble, `Pairs`",
-        '`ValueError` from `fit`: "the labels (counterfactual member) contain 1 NaN or Inf '
-        'value(s) ..."; `Pairs`: "labels: the counterfactual member contains NaN or Inf"',
+        '`ValueError` from `fit`: "the labels (counterfactual member) contain NaN or Inf '
+        'values in a batch ..."; `Pairs`: "labels: the counterfactual member contains NaN or '
+        'Inf"',
         check_nan_or_inf_labels,
     ),
     "non_finite_later_batch": Case(
-        "NaN or Inf in a later batch (not read ahead by `fit`)",
+        "NaN or Inf (or labels out of range) in a later batch of a `tf.data.Dataset`",
+        "GS (every trainer: the same check)",
+        '`ValueError` from `fit` as the batch is read, before a step trains on it: "the inputs '
+        '(original member) contain NaN or Inf values in a batch ..." (`fit` maps assertions '
+        "over the dataset, in the input pipeline; it never reads the data ahead)",
+        check_non_finite_later_batch,
+    ),
+    "non_finite_from_unchecked_data": Case(
+        "a non-finite loss from data `fit` does not check (a Python generator, a "
+        "`PyDataset`) or from training itself (divergence)",
         "GS, ensemble",
         "`cfkeras.callbacks.TerminateOnNonFinite` stops training, restores the weights of the "
         "epoch's start and warns: \"epoch 1, batch 1: non-finite `main_loss` (the main loss), "
         '`loss` (the total loss); training stopped ..."',
-        check_non_finite_later_batch,
+        check_non_finite_from_unchecked_data,
     ),
     "guard_names_the_term": Case(
         "one loss term goes non-finite",
@@ -777,6 +809,27 @@ def test_case(case, models):
         warnings.simplefilter("ignore", UserWarning)  # Pairs' equal-label warnings
         warnings.simplefilter("default", RuntimeWarning)
         CASES[case].check(models)
+
+
+def test_fit_checks_a_dataset_without_reading_it_ahead(gs):
+    # A peek at the first batch would start an extra iteration: a dataset
+    # reshuffled every iteration would then train on another order.
+    reads = []
+
+    def read(index):
+        reads.append(int(index))
+        return index
+
+    x, y = dense_batch()
+    data = tf.data.Dataset.range(1).map(lambda i: tf.py_function(read, [i], tf.int64))
+    gs.fresh().fit(data.map(lambda i: (x, y)), epochs=2, verbose=0)
+    assert reads == [0, 0]  # once an epoch
+    # Two identical datasets, reshuffled every iteration: checking one does not
+    # change the order of its first epoch.
+    make = lambda: tf.data.Dataset.range(8).shuffle(8, seed=0).batch(8)  # noqa: E731
+    first = next(iter(make())).numpy().tolist()
+    checked = cfkeras.validation.checked_training_data(gs.model, make().map(lambda i: (i, i % 2)))
+    assert next(iter(checked))[0].numpy().tolist() == first
 
 
 # === The docs ===
