@@ -52,6 +52,8 @@ setup(
         # exercised by tests/examples).
         "test": [
             "pytest>=8.0",
+            # Property tests of the bad-input suite (tests/models/test_bad_inputs.py).
+            "hypothesis>=6.100",
             "ruff>=0.6",
             "matplotlib>=3.8",
             # Reference values of the ranking metrics, and the digits of

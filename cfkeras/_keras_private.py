@@ -153,6 +153,18 @@ def producing_layer(tensor):
         _fail("KerasTensor._keras_history.operation", error)
 
 
+def call_outputs(layer):
+    """The output of each call of `layer` in the graphs it is used in, by node.
+
+    A nested functional model's public `output` is the output of its own
+    inner graph; the outer graph holds the output of its call node.
+    """
+    try:
+        return [node.output_tensors for node in layer._inbound_nodes]
+    except AttributeError as error:
+        _fail("Layer._inbound_nodes[].output_tensors", error)
+
+
 def contract():
     """`{name: problem}` for every private name that is missing or changed.
 
@@ -192,4 +204,9 @@ def contract():
         check_parameters(name, getattr(keras.Model, name), expected)
     if not hasattr(model.outputs[0], "_keras_history"):
         problems["_keras_history"] = "missing on KerasTensor"
+    outer_inputs = keras.Input((2,))
+    outer = keras.Model(outer_inputs, model(outer_inputs))
+    nodes = getattr(model, "_inbound_nodes", None)
+    if not nodes or nodes[-1].output_tensors[0] is not outer.outputs[0]:
+        problems["_inbound_nodes"] = "a nested model's call node does not hold its outer output"
     return problems

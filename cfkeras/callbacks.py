@@ -1,6 +1,7 @@
 """Callbacks that log what Keras's own TensorBoard callback cannot."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -129,3 +130,115 @@ class PairAlignmentHistogram(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+# The loss terms `TerminateOnNonFinite` watches, in the order it names them:
+# (log key, what it is). An ensemble's `member_{k}_loss` are watched as well.
+LOSS_TERMS = (
+    ("main_loss", "the main loss"),
+    ("gs_loss", "the gradient-supervision (GS) term"),
+    ("crm_loss", "CAT's CRM loss"),
+    ("cal_objective_after", "CAT's CAL objective"),
+    ("loss", "the total loss"),
+)
+
+
+class TerminateOnNonFinite(keras.callbacks.Callback):
+    """Stops training when a loss term goes NaN or Inf, says which, restores the weights.
+
+    In the spirit of `keras.callbacks.TerminateOnNaN`, for cfkeras's trainers:
+    after every batch it reads the loss terms that the step returns
+    (`main_loss`, GS's `gs_loss`, CAT's `crm_loss` and `cal_objective_after`,
+    an ensemble's `member_{k}_loss`, and the total `loss`). The step's
+    trackers are running means, so one non-finite batch makes its term
+    non-finite in the logs of that very batch. The check runs in the
+    callback, on the host: the compiled (XLA) step only returns the metrics.
+
+    On a non-finite term it stops training, restores the weights of the model
+    and of its optimizer(s) (`optimizer`, CAT's `crm_optimizer`) to their
+    values at the start of the epoch (`restore_weights=True`), and warns with
+    a message naming the term(s), the epoch and the batch, also kept in
+    `message` (None while training is sound) and `terms`.
+
+    Args:
+        restore_weights: restore the weights of the start of the epoch (they
+            are copied to the host at every epoch start).
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> inputs = keras.Input((4,))
+    >>> hidden = keras.layers.Dense(8, activation="tanh", name="hidden")(inputs)
+    >>> outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
+    >>> gs = cfkeras.models.GradientSupervisionModel(keras.Model(inputs, outputs), "hidden")
+    >>> gs.compile(optimizer="sgd", loss="binary_crossentropy")
+    >>> x = np.random.rand(16, 4).astype("float32")
+    >>> pairs = cfkeras.pairs.Pairs(x, x + 0.1, np.zeros(16), np.ones(16))
+    >>> guard = cfkeras.callbacks.TerminateOnNonFinite()
+    >>> history = gs.fit(pairs.to_dataset(batch_size=8), epochs=1, verbose=0,
+    ...                  callbacks=[guard])
+    >>> guard.message is None
+    True
+    """
+
+    def __init__(self, restore_weights=True):
+        super().__init__()
+        self.restore_weights = bool(restore_weights)
+        self.message = None
+        self.terms = ()
+        self._epoch = 0
+        self._snapshot = None
+
+    def _optimizers(self):
+        found = []
+        for name in ("optimizer", "crm_optimizer"):
+            optimizer = getattr(self.model, name, None)
+            if optimizer is not None and optimizer not in found:
+                found.append(optimizer)
+        return found
+
+    def _variables(self):
+        variables = list(self.model.weights)
+        for optimizer in self._optimizers():
+            variables.extend(optimizer.variables)
+        return variables
+
+    def on_train_begin(self, logs=None):
+        self.message = None
+        self.terms = ()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self.restore_weights:
+            self._snapshot = [(v, np.array(v.numpy())) for v in self._variables()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        keys = [key for key, _ in LOSS_TERMS]
+        keys[-1:-1] = sorted(k for k in logs if k.startswith("member_") and k.endswith("_loss"))
+        terms = tuple(
+            key
+            for key in keys
+            if key in logs and not np.all(np.isfinite(np.asarray(logs[key], dtype="float64")))
+        )
+        if not terms:
+            return
+        names = dict(LOSS_TERMS)
+        described = ", ".join(f"`{key}` ({names.get(key, 'a member loss')})" for key in terms)
+        restored = ""
+        if self.restore_weights and self._snapshot is not None:
+            for variable, value in self._snapshot:
+                variable.assign(value)
+            restored = (
+                f" The weights (and optimizer state) are restored to the start of epoch "
+                f"{self._epoch + 1}."
+            )
+        self.terms = terms
+        self.message = (
+            f"TerminateOnNonFinite: epoch {self._epoch + 1}, batch {batch}: non-finite "
+            f"{described}; training stopped.{restored} Likely causes: NaN/Inf or out-of-range "
+            "values in this batch (cfkeras.pairs.Pairs rejects them when the pairs are built), "
+            "a learning rate too large, or a float16 overflow under mixed precision."
+        )
+        self.model.stop_training = True
+        warnings.warn(self.message, RuntimeWarning, stacklevel=2)

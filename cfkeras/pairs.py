@@ -49,6 +49,37 @@ def make_pair(original, counterfactual):
 # === Pair batches inside a step ===
 
 
+def check_pair_keys(value, what):
+    """Raises if `value` is a dict that names one pair key but is not a pair.
+
+    Raises:
+        ValueError: e.g. `{"original": x_i, "cf": x_j}`.
+    """
+    named = isinstance(value, dict) and (ORIGINAL in value or COUNTERFACTUAL in value)
+    if named and not is_pair(value):
+        raise ValueError(
+            f"The {what} look like a pair but have the keys {sorted(value)}; a pair has "
+            f"exactly the keys '{ORIGINAL}' and '{COUNTERFACTUAL}' (see cfkeras.pairs)."
+        )
+
+
+def check_no_ragged(x, what):
+    """Raises if a leaf of `x` is a `tf.RaggedTensor` (pair members must be padded).
+
+    Raises:
+        ValueError: naming the fix (pad both members to one length).
+    """
+    if any(
+        isinstance(leaf, tf.RaggedTensor) for leaf in tf.nest.flatten(x, expand_composites=False)
+    ):
+        raise ValueError(
+            f"The {what} of a pair are ragged (tf.RaggedTensor): the two members of every "
+            "pair are stacked into one batch, so pad them to one length first, e.g. "
+            "`ragged.to_tensor(shape=(None, length))` or "
+            "`keras.layers.TextVectorization(output_sequence_length=length)`."
+        )
+
+
 def check_pair_members(a, b, what):
     """Static check that the two members of a batch of pairs match.
 
@@ -70,7 +101,10 @@ def check_pair_members(a, b, what):
         if not compatible or u.dtype != v.dtype:
             raise ValueError(
                 f"The original and counterfactual {what} of a pair must have the same "
-                f"shape and dtype; got {tuple(u.shape)} {u.dtype} and {tuple(v.shape)} {v.dtype}."
+                f"shape and dtype; got {tuple(u.shape)} {u.dtype} and {tuple(v.shape)} {v.dtype}. "
+                "Pad or truncate both members to one length (e.g. "
+                "`keras.layers.TextVectorization(output_sequence_length=...)` for text) and "
+                "cast them to one dtype."
             )
 
 
@@ -103,6 +137,8 @@ def flatten_pair_batch(x, y, sample_weight=None):
         ValueError: paired inputs with unpaired labels or the reverse, or
             members that differ (see `check_pair_members`).
     """
+    check_pair_keys(x, "inputs")
+    check_pair_keys(y, "labels")
     if not is_pair(x):
         if is_pair(y):
             raise ValueError(
@@ -115,6 +151,7 @@ def flatten_pair_batch(x, y, sample_weight=None):
             "Paired inputs need paired labels: y must be "
             f"{{'{ORIGINAL}': y_i, '{COUNTERFACTUAL}': y_j}}; received {y!r}."
         )
+    check_no_ragged(x, "inputs")
     check_pair_members(x[ORIGINAL], x[COUNTERFACTUAL], "inputs")
     check_pair_members(y[ORIGINAL], y[COUNTERFACTUAL], "labels")
     x = concat_members(x[ORIGINAL], x[COUNTERFACTUAL])
@@ -223,11 +260,17 @@ def _has_nan(array):
     return np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array))
 
 
+def _length(value):
+    if isinstance(value, tf.RaggedTensor):
+        return int(value.nrows())
+    return len(value)
+
+
 def _check_leaf(name, a, b, n):
     for label, value in ((ORIGINAL, a), (COUNTERFACTUAL, b)):
-        if len(value) != n:
+        if _length(value) != n:
             raise ValueError(
-                f"{name}: the {label} member has {len(value)} examples, expected {n} "
+                f"{name}: the {label} member has {_length(value)} examples, expected {n} "
                 "(one per pair)."
             )
         if _has_nan(value):
@@ -284,6 +327,13 @@ class Pairs:
     group_id: object = None
 
     def __post_init__(self):
+        for field in ("original", "counterfactual", "label", "counterfactual_label"):
+            if getattr(self, field) is None:
+                raise ValueError(
+                    f"Pairs: `{field}` is None; a pair needs both members and both labels. "
+                    "For single examples use an ordinary dataset of `(x, y)` (every cfkeras "
+                    "trainer accepts one: main loss only, no pair terms)."
+                )
         convert = lambda value, what: keras.tree.map_structure(
             lambda leaf: _as_array(leaf, what), value
         )
@@ -302,7 +352,7 @@ class Pairs:
         self._validate()
 
     def _validate(self):
-        n = len(self.label)
+        n = _length(self.label)
         if n == 0:
             raise ValueError("Pairs: the input is empty (0 pairs).")
         try:

@@ -6,6 +6,7 @@ the way Python's `csv` module writes them, so they are read with
 """
 
 import csv
+import zlib
 
 
 def read_records(f, name, header, *, noun, fields="columns", row_numbers=False, one_line=False):
@@ -14,8 +15,9 @@ def read_records(f, name, header, *, noun, fields="columns", row_numbers=False, 
     `f` is opened with `newline=""`. Each record is checked to have one field
     per column of `header`; checking the values is the caller's. Every
     problem raises a `ValueError` whose message starts with `"{name}: "`:
-    a header other than `header`, a wrong number of fields, a `csv.Error`
-    (malformed quoting), invalid UTF-8, and, once all records are read, none.
+    a header other than `header`, a wrong number of fields (a truncated row),
+    a `csv.Error` (malformed quoting), invalid UTF-8, a truncated or corrupted
+    gzip stream, and, once all records are read, none.
 
     Args:
         f: the text stream.
@@ -63,5 +65,12 @@ def read_records(f, name, header, *, noun, fields="columns", row_numbers=False, 
         raise ValueError(f"{name}: line {reader.line_num}: malformed TSV: {e}.") from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{name}: not valid UTF-8 after line {reader.line_num}: {e}.") from e
+    except (EOFError, OSError, zlib.error) as e:
+        # gzip: a truncated (EOFError) or corrupted (BadGzipFile, zlib.error) file.
+        raise ValueError(
+            f"{name}: corrupted or truncated file, unreadable after line {reader.line_num} "
+            f"({type(e).__name__}: {e}). Replace it: reinstall cfkeras for the packaged copy, "
+            "or download it again."
+        ) from e
     if not count:
         raise ValueError(f"{name}: contains no {noun}.")

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cfkeras import _keras_private
+from cfkeras import _keras_private, validation
 from cfkeras.models.graph import (
     ENSEMBLE_OUTPUT,
     GS_SPACE,
@@ -24,7 +24,7 @@ from cfkeras.models.trainer import (
     save_random_states,
     scale,
 )
-from cfkeras.pairs import flatten_pair_batch
+from cfkeras.pairs import flatten_pair_batch, is_pair
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "linear")
 # The public names of the ensemble's layers (defined in cfkeras.models.graph).
@@ -293,10 +293,15 @@ class StackedEnsemble(keras.Model):
             total = total + _keras_private.aggregate_additional_loss(self, loss)
         return total
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit` on data checked by `cfkeras.validation`."""
+        return validation.fit_checked(super().fit, self, x, y, args, kwargs)
+
     def train_step(self, data):
         # Keras's TensorFlow train_step, in its order, with the embedding
         # gradients applied dense (cfkeras.models.trainer.minimize).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _check_unpaired(x, y)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = _keras_private.compute_loss(self, x, y, y_pred, sample_weight, training=True)
@@ -309,6 +314,7 @@ class StackedEnsemble(keras.Model):
         return reducible_logs(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
     def test_step(self, data):
+        _check_unpaired(*keras.utils.unpack_x_y_sample_weight(data)[:2])
         return reducible_logs(super().test_step(data))
 
     def save_own_variables(self, store):
@@ -375,6 +381,16 @@ def stacked_ensemble(build_fn, members, gs_layer=None, seed=0, name="stacked_ens
 
 
 # === Helpers ===
+
+
+def _check_unpaired(x, y):
+    if is_pair(x) or is_pair(y):
+        raise ValueError(
+            "StackedEnsemble.fit and evaluate take ordinary batches `(x, y)`; received pairs. "
+            "For gradient supervision wrap the ensemble: `GradientSupervisionModel(ensemble, "
+            "gs_layer='ensemble_gs_space')`; for the augmentation baseline train on "
+            "`pairs.flatten()`."
+        )
 
 
 def _model_input(model):

@@ -193,6 +193,9 @@ class GradientSupervisionModel(PairTrainer):
     >>> history = gs.fit(pairs.to_dataset(batch_size=8), epochs=1, verbose=0)
     """
 
+    # GS needs class labels (the contrast of a pair): `fit` checks them.
+    classification_labels = True
+
     def __init__(
         self,
         model=None,
@@ -227,6 +230,7 @@ class GradientSupervisionModel(PairTrainer):
                 raise ValueError("`members_layer` does not support multi_label_mode='per_label'.")
             member_head = graph.member_head(model, gs_layer, members_layer)
         if model is not None:
+            graph.check_single_output(model)
             if encoder is not None or head is not None:
                 raise ValueError("Pass either `model` or `encoder` and `head`, not both.")
             if gs_layer is None:

@@ -35,6 +35,21 @@ def has_layer(model, name):
     return any(layer.name == name for layer in getattr(model, "layers", []))
 
 
+def check_single_output(model):
+    """Raises if a functional model has more than one output (a keras-hub backbone).
+
+    Raises:
+        ValueError: naming the fix.
+    """
+    outputs = getattr(model, "outputs", None) if isinstance(model, keras.Model) else None
+    if outputs and len(outputs) != 1:
+        raise ValueError(
+            f"cfkeras trains models with one output; model {model.name!r} has "
+            f"{len(outputs)}. A keras-hub backbone outputs a dict of sequences: wrap it in a "
+            "classifier first, e.g. `cfkeras.encoders.encoder_classifier(backbone, num_classes)`."
+        )
+
+
 def split_at_layer(model, layer_name):
     """Splits a functional model at a layer into `(encoder, head)`.
 
@@ -61,17 +76,16 @@ def split_at_layer(model, layer_name):
             f"gs_layer={layer_name!r}: model {model.name!r} has no such layer; "
             f"its layers are {names}."
         ) from error
-    if len(model.outputs) != 1:
+    check_single_output(model)
+    # The output of the layer's call in this model: for a nested functional
+    # model, its public `output` is that of its own inner graph.
+    calls = _keras_private.call_outputs(layer)
+    if len(calls) != 1:
         raise ValueError(
-            f"cfkeras trains models with one output; model {model.name!r} has {len(model.outputs)}."
-        )
-    try:
-        space = layer.output
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            f"gs_layer={layer_name!r} is called more than once in the model: "
+            f"gs_layer={layer_name!r} is called {len(calls)} times in the model: "
             "its output is ambiguous. Pass `encoder=` and `head=` instead."
-        ) from error
+        )
+    space = calls[0][0] if len(calls[0]) == 1 else calls[0]
     if not isinstance(space, keras.KerasTensor):
         raise ValueError(
             f"gs_layer={layer_name!r} must output a single tensor; it outputs {space!r}."

@@ -23,9 +23,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cfkeras import _keras_private
+from cfkeras import _keras_private, validation
 from cfkeras.models import graph
-from cfkeras.pairs import ORIGINAL, is_pair
+from cfkeras.pairs import ORIGINAL, check_pair_keys, is_pair
 
 
 def densify(gradient):
@@ -157,6 +157,8 @@ class PairTrainer(keras.Model):
 
     def compute_step_losses(self, x, y, sample_weight=None, training=False):
         """`(objective, stats)` of a batch, paired or not."""
+        check_pair_keys(x, "inputs")
+        check_pair_keys(y, "labels")
         if is_pair(x) or is_pair(y):
             return self.compute_pair_losses(x, y, sample_weight, training=training)
         return self.compute_unpaired_losses(x, y, sample_weight, training=training)
@@ -203,6 +205,17 @@ class PairTrainer(keras.Model):
 
     def load_own_variables(self, store):
         super().load_own_variables(load_random_states(self, store))
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit` on data checked by `cfkeras.validation`: bad data is a
+        `ValueError` naming the fix, raised before a step trains on it."""
+        return validation.fit_checked(
+            super().fit, self, x, y, args, kwargs, classification=self.classification_labels
+        )
+
+    # Whether the labels are class labels (checked by `fit`); None: when the
+    # compiled loss is a cross-entropy.
+    classification_labels = None
 
     def _resolve_auto_jit_compile(self):
         # Keras resolves `jit_compile="auto"` to False on CPU, where XLA was
