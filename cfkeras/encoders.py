@@ -139,6 +139,39 @@ def load_minilm(sequence_length=128):
     return backbone, preprocessor
 
 
+def tokenize(preprocessor, texts, batch_size=256):
+    """A keras-hub preprocessor's arrays for many texts or text pairs.
+
+    Args:
+        preprocessor: e.g. the second result of `load_minilm`
+            (`keras_hub.models.BertTextClassifierPreprocessor`).
+        texts: `(n,)` strings, or `(n, 2)` rows of two segments (premise,
+            hypothesis), packed as `[CLS] a [SEP] b [SEP]`.
+        batch_size: texts per call of the preprocessor.
+
+    Returns:
+        A dict of NumPy arrays `(n, sequence_length)`: `token_ids`,
+        `padding_mask` and (BERT) `segment_ids`.
+    """
+    texts = np.asarray(texts, dtype=object)
+    if texts.ndim not in (1, 2) or (texts.ndim == 2 and texts.shape[1] != 2) or not len(texts):
+        raise ValueError(
+            f"tokenize needs (n,) texts or (n, 2) text pairs, n > 0; received shape {texts.shape}."
+        )
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        if chunk.ndim == 1:
+            x = preprocessor(tf.constant(chunk.tolist()))
+        else:
+            # The x= keyword: a bare tuple would be read as (x, y).
+            x = preprocessor(
+                x=(tf.constant(chunk[:, 0].tolist()), tf.constant(chunk[:, 1].tolist()))
+            )
+        chunks.append({key: np.asarray(value) for key, value in x.items()})
+    return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+
+
 # === The forward pass in pieces ===
 
 

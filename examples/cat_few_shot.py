@@ -116,27 +116,12 @@ def load_texts(args):
     return splits
 
 
-def tokenize(preprocessor, texts):
-    """The preprocessor's int32 arrays for str texts or (premise, hypothesis) rows."""
-    out = []
-    for start in range(0, len(texts), 256):
-        chunk = texts[start : start + 256]
-        x = (
-            preprocessor(tf.constant(list(chunk)))
-            if chunk.ndim == 1
-            # x= keyword: a bare tuple would be read as (x, y).
-            else preprocessor(x=(tf.constant(list(chunk[:, 0])), tf.constant(list(chunk[:, 1]))))
-        )
-        out.append({key: np.asarray(value) for key, value in x.items()})
-    return {key: np.concatenate([o[key] for o in out]) for key in out[0]}
-
-
 def model_inputs(args, splits, start_layer):
     """`{split: (x, y)}` the model reads: token ids, or cached hidden states."""
     backbone, preprocessor = encoders.load_minilm(sequence_length=args.length)
     inputs = {}
     for split, (texts, labels) in splits.items():
-        x = tokenize(preprocessor, texts)
+        x = encoders.tokenize(preprocessor, texts)
         if start_layer:
             digest = hashlib.sha256(
                 json.dumps([args.dataset, args.length, start_layer, split, texts.tolist()]).encode()

@@ -68,16 +68,9 @@ def embed_all(args, texts):
         return np.load(path)
     backbone, preprocessor = encoders.load_minilm(sequence_length=args.length)
     t0 = time.perf_counter()
-    chunks = []
-    for start in range(0, len(texts), 256):
-        chunk = texts[start : start + 256]
-        if chunk.ndim == 1:
-            x = preprocessor(tf.constant(list(chunk)))
-        else:  # x= keyword: a bare tuple would be read as (x, y)
-            x = preprocessor(x=(tf.constant(list(chunk[:, 0])), tf.constant(list(chunk[:, 1]))))
-        x = {key: np.asarray(value) for key, value in x.items()}
-        chunks.append(encoders.pooled_embeddings(backbone, x, batch_size=16))
-    vectors = np.concatenate(chunks)
+    vectors = encoders.pooled_embeddings(
+        backbone, encoders.tokenize(preprocessor, texts), batch_size=16
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     print(f"embedded {len(texts)} texts in {time.perf_counter() - t0:.0f} s", flush=True)

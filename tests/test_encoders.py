@@ -432,3 +432,21 @@ def test_fine_tuned_gs_compares_texts_of_different_lengths_as_pooled_vectors():
     np.testing.assert_allclose(
         np.asarray(trimmed["gs_cosine_per_point"]).reshape(8), cosines, rtol=1e-4, atol=1e-5
     )
+
+
+def test_tokenize_packs_texts_and_text_pairs_in_chunks():
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "sleeps", "rests"]
+    tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    pairs = np.array([["a man sleeps", "a man rests"], ["A man", "sleeps"], ["rests", "a"]])
+    x = encoders.tokenize(preprocessor, pairs, batch_size=2)
+    # [CLS] a man sleeps [SEP] a man rests [SEP]: the two segments, packed.
+    np.testing.assert_array_equal(x["token_ids"][0], [2, 5, 6, 7, 3, 5, 6, 3])
+    np.testing.assert_array_equal(x["segment_ids"][0], [0, 0, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(x["token_ids"][2], [2, 8, 3, 5, 3, 0, 0, 0])
+    single = encoders.tokenize(preprocessor, ["a man sleeps", "rests"], batch_size=1)
+    np.testing.assert_array_equal(
+        single["token_ids"], [[2, 5, 6, 7, 3, 0, 0, 0], [2, 8, 3, 0, 0, 0, 0, 0]]
+    )
+    with pytest.raises(ValueError, match="text pairs"):
+        encoders.tokenize(preprocessor, np.zeros((2, 3), object))
