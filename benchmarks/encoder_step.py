@@ -30,7 +30,6 @@ Usage: `python benchmarks/encoder_step.py --reps 5 --out benchmarks/results/enco
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,11 +37,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import cfkeras
 from cfkeras import encoders
 from cfkeras.models.counterfactual_adversarial import default_mix_layers
+from cfkeras.reproductions.harness import machine_description
 
 MODES = (
     "plain",
@@ -197,8 +196,7 @@ def main(argv=None):
         }
     report = {
         "command": command,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, TensorFlow "
-        f"{tf.__version__}, Keras {keras.__version__}",
+        "machine": machine_description(),
         "load_average_before_after": [load_before, load_after],
         "model": f"all-MiniLM-L6-v2: {num_layers} layers, hidden {d}, feed-forward {f}",
         "batch": args.batch,

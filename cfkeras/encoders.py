@@ -601,32 +601,33 @@ def cached_hidden_states(backbone, inputs, start_layer, batch_size=32, dtype="fl
     embedder = keras.Model(inputs_0, hidden)
     layers = backbone.transformer_layers[:start_layer]
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
     def lower(batch):
         hidden = embedder({key: batch[key] for key in backbone.input}, training=False)
         for layer in layers:
             hidden = layer(hidden, padding_mask=batch["padding_mask"], training=False)
         return hidden
 
-    n = _count(inputs)
+    return {
+        HIDDEN_STATES: _in_batches(lower, inputs, batch_size, dtype),
+        "padding_mask": np.asarray(inputs["padding_mask"]).astype("int32"),
+    }
+
+
+def _in_batches(fn, inputs, batch_size, dtype):
+    """`fn` compiled with XLA and run on `inputs` (a dict of `(n, ...)` arrays)
+    `batch_size` rows at a time; the outputs concatenated as a NumPy array."""
+    n = len(next(iter(inputs.values())))
+    if n == 0:
+        raise ValueError("`inputs` holds no text.")
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
     chunks = []
     for start in range(0, n, batch_size):
         batch = {
             key: ops.convert_to_tensor(value[start : start + batch_size])
             for key, value in inputs.items()
         }
-        chunks.append(ops.convert_to_numpy(lower(batch)).astype(dtype))
-    return {
-        HIDDEN_STATES: np.concatenate(chunks),
-        "padding_mask": np.asarray(inputs["padding_mask"]).astype("int32"),
-    }
-
-
-def _count(inputs):
-    n = len(next(iter(inputs.values())))
-    if n == 0:
-        raise ValueError("`inputs` holds no text.")
-    return n
+        chunks.append(ops.convert_to_numpy(compiled(batch)).astype(dtype))
+    return np.concatenate(chunks)
 
 
 # === Frozen mode ===
@@ -651,21 +652,12 @@ def pooled_embeddings(backbone, inputs, batch_size=32):
         A float32 NumPy array `(n, hidden)`.
     """
     encoder = backbone if isinstance(backbone, LayerwiseEncoder) else LayerwiseEncoder(backbone)
-    n = _count(inputs)
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
     def embed(batch):
         sequence = encoder(batch, training=False)
         return masked_mean_pool(sequence, batch["padding_mask"])
 
-    chunks = []
-    for start in range(0, n, batch_size):
-        batch = {
-            key: ops.convert_to_tensor(value[start : start + batch_size])
-            for key, value in inputs.items()
-        }
-        chunks.append(ops.convert_to_numpy(embed(batch)))
-    return np.concatenate(chunks).astype("float32")
+    return _in_batches(embed, inputs, batch_size, "float32")
 
 
 def pooled_head(input_dim, num_classes=2, hidden_dim=None, dropout=0.1, name="pooled_head"):

@@ -35,10 +35,10 @@ Usage:
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,6 +50,7 @@ import tensorflow as tf
 import cfkeras
 from cfkeras import encoders
 from cfkeras.models.counterfactual_adversarial import default_mix_layers
+from cfkeras.reproductions.harness import machine_description, run_nested
 
 METHODS = ("erm", "cat_star", "cat")
 LABELS = {"erm": "ERM", "cat_star": "CAT* (no CAL)", "cat": "CAT"}
@@ -324,17 +325,12 @@ def main(argv=None):
     start_layer = min(mix) if args.mode == "cached" else 0
     inputs = model_inputs(args, load_texts(args), start_layer)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"cat_few_shot_{args.dataset}_{args.mode}" + (f"_{args.tag}" if args.tag else "")
-    partial = out / f"{stem}.partial.json"
-    runs = json.loads(partial.read_text())["runs"] if partial.is_file() else {}
 
-    def report():
+    def report(runs):
         return {
             "command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+            "machine": machine_description(),
             "args": vars(args),
             "wall_seconds": round(time.perf_counter() - start, 1),
             "sizes": {split: len(y) for split, (_, y) in inputs.items()},
@@ -343,28 +339,17 @@ def main(argv=None):
         }
 
     grid = [
-        (per_class, seed, lr, method)
+        (
+            (str(per_class), method, str(lr), str(seed)),
+            f"{per_class}/class, {method}, lr {lr}, seed {seed}",
+            functools.partial(run_one, args, inputs, method, per_class, seed, lr, start_layer),
+        )
         for per_class in args.per_class
         for seed in args.seeds
         for lr in args.learning_rates
         for method in args.methods
     ]
-    for k, (per_class, seed, lr, method) in enumerate(grid):
-        cell = runs.setdefault(str(per_class), {}).setdefault(method, {}).setdefault(str(lr), {})
-        if str(seed) in cell:
-            continue
-        print(
-            f"=== [{k + 1}/{len(grid)}] {per_class}/class, {method}, lr {lr}, seed {seed}",
-            flush=True,
-        )
-        cell[str(seed)] = run_one(args, inputs, method, per_class, seed, lr, start_layer)
-        print(json.dumps(cell[str(seed)]["scores"]), flush=True)
-        partial.write_text(json.dumps(report(), indent=2))
-    final = report()
-    (out / f"{stem}.json").write_text(json.dumps(final, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(render(final))
-    partial.unlink(missing_ok=True)
-    print(render(final))
+    run_nested(args.out, stem, grid, report, render)
 
 
 if __name__ == "__main__":

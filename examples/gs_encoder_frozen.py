@@ -29,20 +29,20 @@ Usage:
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import cfkeras
 from cfkeras import encoders
+from cfkeras.reproductions.harness import machine_description, run_nested
 
 ROWS = ("control", "gs")
 COLUMNS = {
@@ -312,17 +312,12 @@ def main(argv=None):
     start = time.perf_counter()
     pairs, evaluation = load(args)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"gs_encoder_frozen_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
-    partial = out / f"{stem}.partial.json"
-    runs = json.loads(partial.read_text())["runs"] if partial.is_file() else {}
 
-    def report():
+    def report(runs):
         return {
             "command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+            "machine": machine_description(),
             "args": vars(args),
             "wall_seconds": round(time.perf_counter() - start, 1),
             "runs": runs,
@@ -331,23 +326,17 @@ def main(argv=None):
 
     settings = [("control", lr, 0.0) for lr in args.learning_rates]
     settings += [("gs", lr, w) for lr in args.learning_rates for w in args.gs_weights]
-    grid = [(size, seed, s) for size in args.pairs for seed in args.seeds for s in settings]
-    for k, (size, seed, (row, lr, w)) in enumerate(grid):
-        cell = runs.setdefault(size, {}).setdefault(row, {}).setdefault(key(lr, w), {})
-        if str(seed) in cell:
-            continue
-        cell[str(seed)] = run_one(args, pairs, evaluation, size, seed, lr, w)
-        print(
-            f"[{k + 1}/{len(grid)}] {size} pairs, {row} {key(lr, w)}, seed {seed}: "
-            + json.dumps({c: round(v, 4) for c, v in cell[str(seed)]["scores"].items()}),
-            flush=True,
+    grid = [
+        (
+            (size, row, key(lr, w), str(seed)),
+            f"{size} pairs, {row} {key(lr, w)}, seed {seed}",
+            functools.partial(run_one, args, pairs, evaluation, size, seed, lr, w),
         )
-        partial.write_text(json.dumps(report(), indent=2))
-    final = report()
-    (out / f"{stem}.json").write_text(json.dumps(final, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(render(final))
-    partial.unlink(missing_ok=True)
-    print(render(final))
+        for size in args.pairs
+        for seed in args.seeds
+        for row, lr, w in settings
+    ]
+    run_nested(args.out, stem, grid, report, render)
 
 
 if __name__ == "__main__":

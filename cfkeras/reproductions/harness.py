@@ -38,6 +38,48 @@ LATE_SHARE = 0.1
 PROGRAM = None
 
 
+def machine_description():
+    """The machine line of every report: architecture, cores, versions."""
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+def run_nested(out, stem, grid, make_report, render):
+    """Runs a grid whose results nest by key, resumably; writes the report.
+
+    `grid` is a list of `(keys, label, run)`: the result of `run()` goes to
+    `runs[keys[0]][keys[1]]...[keys[-1]]`, and a run whose place is filled
+    in `<out>/<stem>.partial.json` (left by an earlier call of the same
+    command) is skipped. After each run the partial file is rewritten with
+    `make_report(runs)`; at the end `<stem>.json` and `<stem>.md`
+    (`render(report)`) are written and the partial file removed. Returns
+    the final report.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f"{stem}.partial.json"
+    runs = json.loads(partial.read_text())["runs"] if partial.is_file() else {}
+    for k, (keys, label, run) in enumerate(grid):
+        cell = runs
+        for key in keys[:-1]:
+            cell = cell.setdefault(key, {})
+        if keys[-1] in cell:
+            continue
+        print(f"=== [{k + 1}/{len(grid)}] {label}", flush=True)
+        cell[keys[-1]] = run()
+        scores = {c: round(v, 4) for c, v in cell[keys[-1]]["scores"].items()}
+        print(json.dumps(scores), flush=True)
+        partial.write_text(json.dumps(make_report(runs), indent=2))
+    final = make_report(runs)
+    (out / f"{stem}.json").write_text(json.dumps(final, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(render(final))
+    partial.unlink(missing_ok=True)
+    print(render(final))
+    return final
+
+
 def add_run_arguments(parser, verbose=1, limit_unit="pairs"):
     """The arguments every reproduction takes: outputs, logs, replot, limit,
     restart."""
@@ -349,8 +391,7 @@ class Table:
         )
         report = {
             "command": " ".join(command),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+            "machine": machine_description(),
             "args": vars(args),
             "wall_seconds": round(time.perf_counter() - start, 1),
             "paper": self.paper,
