@@ -20,13 +20,13 @@ import warnings
 from pathlib import Path
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tiny_models import nested_mlp, tiny_bert
 
 import cfkeras
 from cfkeras.callbacks import PairAlignmentHistogram, TerminateOnNonFinite
@@ -55,32 +55,9 @@ def mlp(seed=0, classes=1):
     return keras.Model(inputs, outputs, name="mlp")
 
 
-def nested_mlp(seed=0):
-    keras.utils.set_random_seed(seed)
-    inner_input = keras.Input((4,))
-    body = keras.Model(
-        inner_input, keras.layers.Dense(8, activation="tanh")(inner_input), name="body"
-    )
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(body(inputs))
-    return keras.Model(inputs, outputs, name="nested")
-
-
-def tiny_bert():
-    keras.utils.set_random_seed(0)
-    return keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=LENGTH,
-    )
-
-
 def softmax_encoder_classifier():
     """`encoder_classifier`'s graph with a softmax output (for losses on probabilities)."""
-    backbone = tiny_bert()
+    backbone = tiny_bert(LENGTH)
     encoder = cfkeras.encoders.LayerwiseEncoder(backbone, name="encoder")
     inputs = {key: keras.Input((None,), dtype="int32", name=key) for key in sorted(backbone.input)}
     pooled = cfkeras.encoders.MeanPooling(name="pooled")(encoder(inputs), inputs["padding_mask"])
@@ -132,7 +109,7 @@ def ensemble():
 
 @pytest.fixture(scope="module")
 def cat():
-    classifier = cfkeras.encoders.encoder_classifier(tiny_bert(), num_classes=2, dropout=0.0)
+    classifier = cfkeras.encoders.encoder_classifier(tiny_bert(LENGTH), num_classes=2, dropout=0.0)
     model = CounterfactualAdversarialModel(
         classifier, mix_layers=(1,), cal_steps=1, warmup_epochs=0, seed=0
     )
@@ -554,8 +531,8 @@ def check_loss_forms(m):
 
 def check_keras_hub_backbone(m):
     with pytest.raises(ValueError, match="has 2.*encoder_classifier"):
-        GradientSupervisionModel(tiny_bert(), gs_layer=None)
-    classifier = cfkeras.encoders.encoder_classifier(tiny_bert(), num_classes=2, dropout=0.0)
+        GradientSupervisionModel(tiny_bert(LENGTH), gs_layer=None)
+    classifier = cfkeras.encoders.encoder_classifier(tiny_bert(LENGTH), num_classes=2, dropout=0.0)
     model = GradientSupervisionModel(classifier, gs_layer="pooled")
     model.compile(
         optimizer="sgd",

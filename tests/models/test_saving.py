@@ -15,9 +15,9 @@ import sys
 import zipfile
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
+from tiny_models import nested_mlp, tiny_bert
 
 import cfkeras
 from cfkeras.models import CounterfactualAdversarialModel, GradientSupervisionModel
@@ -25,28 +25,8 @@ from cfkeras.models import CounterfactualAdversarialModel, GradientSupervisionMo
 LENGTH = 8
 
 
-def nested_mlp(seed=0):
-    """4 -> [a nested functional model: Dense(8, tanh)] -> Dense(1, sigmoid)."""
-    keras.utils.set_random_seed(seed)
-    inner_input = keras.Input((4,))
-    inner = keras.Model(
-        inner_input, keras.layers.Dense(8, activation="tanh")(inner_input), name="body"
-    )
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="out")(inner(inputs))
-    return keras.Model(inputs, outputs, name="nested")
-
-
 def tiny_encoder_classifier():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=LENGTH,
-    )
+    backbone = tiny_bert(LENGTH)
     return cfkeras.encoders.encoder_classifier(backbone, num_classes=2, dropout=0.0)
 
 

@@ -17,9 +17,9 @@ gradient); `test_gradient_supervision_keras.py` tests that case.
 """
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
+from tiny_models import tiny_bert
 
 import cfkeras
 from cfkeras.encoders import LayerwiseEncoder, MeanPooling
@@ -129,15 +129,7 @@ def test_stacked_ensemble_train_step_is_in_training_mode_in_both_passes():
 
 
 def recorded_encoder_classifier(length=8):
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=length,
-    )
+    backbone = tiny_bert(length)
     encoder = LayerwiseEncoder(backbone, name="encoder")
     inputs = {key: keras.Input((None,), dtype="int32", name=key) for key in sorted(backbone.input)}
     pooled = MeanPooling(name="pooled")(encoder(inputs), inputs["padding_mask"])
