@@ -52,7 +52,10 @@ def run_nested(out, stem, grid, make_report, render):
     `grid` is a list of `(keys, label, run)`: the result of `run()` goes to
     `runs[keys[0]][keys[1]]...[keys[-1]]`, and a run whose place is filled
     in `<out>/<stem>.partial.json` (left by an earlier call of the same
-    command) is skipped. After each run the partial file is rewritten with
+    command) is skipped. `grid` may also be a function of `runs` returning
+    an iterable (e.g. a generator): it is read lazily, one cell after the
+    previous one has run, so later cells may depend on earlier results (a
+    learning rate tuned on the first seeds, then used for the others). After each run the partial file is rewritten with
     `make_report(runs)`; at the end `<stem>.json` and `<stem>.md`
     (`render(report)`) are written and the partial file removed. Returns
     the final report.
@@ -61,13 +64,16 @@ def run_nested(out, stem, grid, make_report, render):
     out.mkdir(parents=True, exist_ok=True)
     partial = out / f"{stem}.partial.json"
     runs = json.loads(partial.read_text())["runs"] if partial.is_file() else {}
+    if callable(grid):
+        grid = grid(runs)
+    total = f"/{len(grid)}" if hasattr(grid, "__len__") else ""
     for k, (keys, label, run) in enumerate(grid):
         cell = runs
         for key in keys[:-1]:
             cell = cell.setdefault(key, {})
         if keys[-1] in cell:
             continue
-        print(f"=== [{k + 1}/{len(grid)}] {label}", flush=True)
+        print(f"=== [{k + 1}{total}] {label}", flush=True)
         cell[keys[-1]] = run()
         scores = {c: round(v, 4) for c, v in cell[keys[-1]]["scores"].items()}
         print(json.dumps(scores), flush=True)

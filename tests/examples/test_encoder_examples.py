@@ -1,0 +1,103 @@
+"""The encoder examples' grids: learning rates tuned on the first seeds, then
+the other seeds at the chosen rate (no training: `run_one` is replaced)."""
+
+import json
+
+import numpy as np
+import pytest
+from example_scripts import load_example
+
+from cfkeras.reproductions.harness import run_nested
+
+
+def _run(validation):
+    return {"scores": {"validation": validation}, "best_epoch": 1}
+
+
+def test_choose_learning_rate_compares_rates_on_the_seeds_they_share():
+    cat = load_example("cat_few_shot")
+    by_lr = {
+        "1e-05": {"0": _run(0.60), "1": _run(0.60)},
+        # Better on seeds 0 and 1, worse on average once seed 2 counts.
+        "3e-05": {"0": _run(0.70), "1": _run(0.70), "2": _run(0.10)},
+    }
+    assert cat.choose_learning_rate(by_lr) == "3e-05"
+    assert cat.choose_learning_rate(by_lr, seeds=[1]) == "3e-05"
+    by_lr["1e-05"]["0"] = _run(0.90)
+    assert cat.choose_learning_rate(by_lr, seeds=[0]) == "1e-05"
+    assert cat.choose_learning_rate(by_lr, seeds=[1]) == "3e-05"
+    assert cat.choose_learning_rate({"1e-05": {}}) is None
+
+
+def test_run_nested_reads_a_lazy_grid_after_the_runs_it_depends_on_and_resumes(tmp_path):
+    calls = []
+
+    def run(name, value):
+        def go():
+            calls.append(name)
+            if value is None:
+                raise RuntimeError("interrupted")
+            return {"scores": {"validation": value}}
+
+        return go
+
+    def grid(runs, fail=False):
+        yield ("a", "1"), "a", run("a", 0.2)
+        yield ("b", "1"), "b", run("b", 0.8)
+        # Decided only once a and b have run.
+        best = max(runs, key=lambda k: runs[k]["1"]["scores"]["validation"])
+        yield (best, "2"), f"{best} again", run(f"{best}2", None if fail else 0.5)
+
+    def report(runs):
+        return {"runs": runs}
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_nested(tmp_path, "s", lambda runs: grid(runs, fail=True), report, json.dumps)
+    assert calls == ["a", "b", "b2"]
+    assert json.loads((tmp_path / "s.partial.json").read_text())["runs"] == {
+        "a": {"1": {"scores": {"validation": 0.2}}},
+        "b": {"1": {"scores": {"validation": 0.8}}},
+    }
+    final = run_nested(tmp_path, "s", grid, report, json.dumps)
+    assert calls == ["a", "b", "b2", "b2"]  # a and b were not run again
+    assert final["runs"]["b"]["2"] == {"scores": {"validation": 0.5}}
+    assert not (tmp_path / "s.partial.json").exists()
+
+
+def test_cat_few_shot_runs_the_rate_grid_on_the_tuning_seeds_only(tmp_path, monkeypatch):
+    cat = load_example("cat_few_shot")
+    ran = []
+    # Validation accuracy by (method, lr): ERM prefers 1e-4, CAT 2e-5.
+    quality = {("erm", 2e-5): 0.4, ("erm", 1e-4): 0.5, ("cat", 2e-5): 0.6, ("cat", 1e-4): 0.3}
+
+    def run_one(args, inputs, method, per_class, seed, learning_rate, start_layer):
+        ran.append((method, learning_rate, seed))
+        value = quality[(method, learning_rate)] + 0.01 * seed
+        return {
+            "scores": {column: value for column in cat.COLUMNS["snli"]},
+            "best_epoch": 3,
+            "epochs": 30,
+        }
+
+    sizes = {split: (None, np.zeros(4)) for split in ("train", "validation")}
+    monkeypatch.setattr(cat, "run_one", run_one)
+    monkeypatch.setattr(cat, "load_texts", lambda args: None)
+    monkeypatch.setattr(cat, "model_inputs", lambda args, texts, start: sizes)
+    argv = "--dataset snli --per-class 10 --methods erm cat --seeds 0 1 2 3"
+    argv += f" --learning-rates 2e-5 1e-4 --out {tmp_path}"
+    cat.main(argv.split())
+
+    tuning = [(m, lr, s) for m, lr, s in ran if s in (0, 1)]
+    assert sorted(tuning) == sorted(
+        (m, lr, s) for m in ("erm", "cat") for lr in (2e-5, 1e-4) for s in (0, 1)
+    )
+    assert sorted(r for r in ran if r[2] in (2, 3)) == sorted(
+        [("erm", 1e-4, 2), ("erm", 1e-4, 3), ("cat", 2e-5, 2), ("cat", 2e-5, 3)]
+    )
+    report = json.loads((tmp_path / "cat_few_shot_snli_cached.json").read_text())
+    summary = report["summary"]["10"]
+    assert summary["erm"]["learning_rate"] == "0.0001"
+    assert summary["cat"]["learning_rate"] == "2e-05"
+    assert summary["cat"]["seeds"] == ["0", "1", "2", "3"]
+    # Paired with ERM's seeds at ERM's own rate: 0.6 - 0.5 on every seed.
+    assert summary["cat"]["test_original"]["diff_mean"] == pytest.approx(10.0)
