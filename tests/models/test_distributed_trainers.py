@@ -9,43 +9,19 @@ another `cat_lambda`. No XLA: XLA with MirroredStrategy on logical CPU devices
 fails in TensorFlow itself.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from concurrent_runs import run_modes
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 TRAINERS = ("ensemble", "ensemble_gs", "cat")
 
 
 @pytest.fixture(scope="module")
 def runs():
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env.pop("XLA_FLAGS", None)
-    processes = {
-        mode: subprocess.Popen(
-            [sys.executable, str(HERE / "mirrored_run.py"), mode],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for mode in ("single", "mirrored")
-    }
-    results = {}
-    for mode, process in processes.items():
-        try:
-            out, err = process.communicate(timeout=400)
-        finally:
-            process.kill()
-        assert process.returncode == 0, f"{mode}:\n{err[-4000:]}"
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-    return results
+    return run_modes([str(HERE / "mirrored_run.py")], timeout=400)
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)

@@ -12,17 +12,11 @@ No XLA here: XLA with MirroredStrategy on logical CPU devices fails in
 TensorFlow itself.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from concurrent_runs import run_modes
 
 SCRIPT = textwrap.dedent(
     """
@@ -115,24 +109,7 @@ KEYS = ("loss", "main_loss", "gs_loss", "gs_cosine", "gs_supervised", "gs_skippe
 @pytest.fixture(scope="module")
 def runs():
     """Results of the script on one device and mirrored, run concurrently."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env.pop("XLA_FLAGS", None)
-    processes = {
-        mode: subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, mode],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for mode in ("single", "mirrored")
-    }
-    results = {}
-    for mode, process in processes.items():
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, f"{mode}:\n{err[-4000:]}"
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-    return results
+    return run_modes(["-c", SCRIPT], timeout=300)
 
 
 def test_replicas_hold_uneven_supervision(runs):
