@@ -165,7 +165,12 @@ class GradientSupervisionModel(PairTrainer):
             (`cfkeras.losses.label_logit_weights`). It is the label-blind
             control of the paper's "random relations" row; not defined for
             multi-label outputs; `class_selection` and `class_weights` are
-            then unused.
+            then unused. With a head linear in the GS space (e.g. the
+            paper's IMDb model) and `both_directions=True`, the term is a
+            constant: the gradient is the same vector `w` at `x_i` and
+            `x_j` and the two steps are opposite, so `cos(w, x_j - x_i) +
+            cos(w, x_i - x_j) = 0` for every pair, the loss is exactly 1 and
+            it trains nothing; use `both_directions=False` there.
         members_layer: for an ensemble of independent members stacked in one
             model (`cfkeras.models.StackedEnsemble`): the name of the layer
             whose output stacks the members' logits, `(batch, members,

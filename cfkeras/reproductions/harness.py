@@ -55,10 +55,10 @@ def run_nested(out, stem, grid, make_report, render):
     command) is skipped. `grid` may also be a function of `runs` returning
     an iterable (e.g. a generator): it is read lazily, one cell after the
     previous one has run, so later cells may depend on earlier results (a
-    learning rate tuned on the first seeds, then used for the others). After each run the partial file is rewritten with
-    `make_report(runs)`; at the end `<stem>.json` and `<stem>.md`
-    (`render(report)`) are written and the partial file removed. Returns
-    the final report.
+    learning rate tuned on the first seeds, then used for the others).
+    After each run the partial file is rewritten with `make_report(runs)`;
+    at the end `<stem>.json` and `<stem>.md` (`render(report)`) are written
+    and the partial file removed. Returns the final report.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,13 @@ Rows (they differ only in what they name):
 * `gs_random_logit`: + GS on the random pairs of `gs_random_any`, the
   gradient of the logit f aligned with x_j - x_i for every pair, equal labels
   included (`gradient_of="label_logit"`: random relations that ignore the
-  labels);
+  labels). With this linear head it is exactly its control: the gradient
+  of f is the same vector at x_i and x_j, the GS term of x_i and that of its
+  partner cancel (cos(w, d) + cos(w, -d) = 0), the loss is the constant
+  lambda and the weights get no GS gradient;
+* `gs_random_logit_one_way`: the same, only x_i -> x_j supervised
+  (`both_directions=False`), the label-blind variant that can act on a
+  linear head;
 * `control_random_any`, `control_random_different`: the random pair batches
   with lambda = 0, the step-matched controls of the random rows.
 
@@ -101,6 +107,7 @@ ROWS = (
     "gs_random_any",
     "gs_random_different",
     "gs_random_logit",
+    "gs_random_logit_one_way",
     "control_random_any",
     "control_random_different",
 )
@@ -111,6 +118,7 @@ CONTROLS = {
     "gs_random_any": "control_random_any",
     "gs_random_different": "control_random_different",
     "gs_random_logit": "control_random_any",
+    "gs_random_logit_one_way": "control_random_any",
 }
 PRIMARY = ("test_edited", "amazon", "twitter", "yelp")
 # The rows of the few-counterfactuals setting (`--counterfactuals k`).
@@ -134,6 +142,7 @@ LABELS = {
     "gs_random_any": "+ GS, random relations (label-blind partners)",
     "gs_random_different": "+ GS, random relations (partners of the other label)",
     "gs_random_logit": "+ GS, random relations ignoring the labels (gradient of f)",
+    "gs_random_logit_one_way": "+ GS, random relations ignoring the labels, x_i → x_j only",
     "control_random_any": "Control: the label-blind random pair batches (λ = 0)",
     "control_random_different": "Control: the other-label random pair batches (λ = 0)",
 }
@@ -272,8 +281,9 @@ def training_data(row, train, seed, args=None):
         return train.to_dataset(batch_size=pairs_per_batch, seed=seed), options
     partners = "different_label" if row.endswith("random_different") else "any"
     options = {"gs_weight": 0.0 if row.startswith("control") else gs_weight}
-    if row == "gs_random_logit":
+    if row.startswith("gs_random_logit"):
         options["gradient_of"] = "label_logit"
+        options["both_directions"] = row == "gs_random_logit"
     dataset = train.random_relations(batch_size=pairs_per_batch, partners=partners, seed=seed)
     return dataset, options
 

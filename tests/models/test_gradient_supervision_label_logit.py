@@ -104,3 +104,45 @@ def test_rejects_unknown_values_and_multi_label():
         GradientSupervisionModel(
             linear(np.ones((4, 3)), "sigmoid"), gradient_of="label_logit", task="multilabel"
         )
+
+
+def _gs_loss_and_weight_gradient(gs, y_i, y_j):
+    import tensorflow as tf
+
+    gs.compile(loss="mse")
+    with tf.GradientTape() as tape:
+        _, stats = gs.compute_pair_losses(make_pair(X_I, X_J), make_pair(y_i, y_j), training=True)
+        mean, _ = stats["gs_loss"]
+    gradients = tape.gradient(mean, gs.trainable_variables)
+    norm = sum(float(np.sum(np.square(g))) for g in gradients if g is not None)
+    return float(mean), np.sqrt(norm)
+
+
+def test_binary_label_blind_term_is_constant_on_a_linear_head_in_both_directions():
+    # d f / dx = w at x_i and at x_j, and the two steps are opposite: the
+    # terms of a pair cancel, cos(w, d) + cos(w, -d) = 0, so the loss is
+    # exactly 1 and trains nothing (the IMDb `gs_random_logit` row).
+    w = rng.normal(size=(4, 1)).astype("float32")
+    y_i = np.array([0, 1, 0, 1, 1, 0], "float32")
+    y_j = np.array([0, 1, 1, 0, 1, 0], "float32")
+    both = GradientSupervisionModel(linear(w, "sigmoid"), gradient_of="label_logit")
+    mean, gradient = _gs_loss_and_weight_gradient(both, y_i, y_j)
+    np.testing.assert_allclose(mean, 1.0, atol=1e-6)
+    assert gradient < 1e-6
+    # One direction: x_i -> x_j only, a real term with a real gradient.
+    one_way = GradientSupervisionModel(
+        linear(w, "sigmoid"), gradient_of="label_logit", both_directions=False
+    )
+    mean, gradient = _gs_loss_and_weight_gradient(one_way, y_i, y_j)
+    expected = np.mean(1 - _cos(np.tile(w[:, 0], (6, 1)), X_J - X_I))
+    np.testing.assert_allclose(mean, expected, rtol=1e-5)
+    assert abs(mean - 1.0) > 1e-2 and gradient > 1e-3
+    # A non-linear head: the gradients at x_i and x_j differ, no cancellation.
+    keras.utils.set_random_seed(0)
+    mlp = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, "tanh"), keras.layers.Dense(1, "sigmoid")]
+    )
+    mean, gradient = _gs_loss_and_weight_gradient(
+        GradientSupervisionModel(mlp, gradient_of="label_logit"), y_i, y_j
+    )
+    assert abs(mean - 1.0) > 1e-3 and gradient > 1e-3
