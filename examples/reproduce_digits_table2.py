@@ -70,6 +70,7 @@ runs are kept in `<stem>.partial.json` and skipped when re-run.
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -540,7 +541,10 @@ def tuning_table(report):
         if c.get("learning_rate") == lr and c.get("gs_weight") == weight:
             value = f"**{value}**"
         ran = result.get("epochs_run", "?")
-        lines.append(f"| {row} | {lr:g} | {weight:g} | {value} | {result['best_epoch']}/{ran} |")
+        best = f"{result['best_epoch']}/{ran}"
+        if ran != "?" and result["best_epoch"] > ran - math.ceil(LATE_SHARE * ran):
+            best += " (last tenth: still improving)"
+        lines.append(f"| {row} | {lr:g} | {weight:g} | {value} | {best} |")
     return lines
 
 
@@ -733,8 +737,9 @@ def main(argv=None):
             models[row] = tuned_models[key]
         # 2. The other seeds with the choice.
         for seed in args.seeds[1:]:
-            if str(seed) in runs[row]:
-                continue
+            done_run = runs[row].get(str(seed))
+            if done_run and (done_run["learning_rate"], done_run["gs_weight"]) == (lr, weight):
+                continue  # (a resumed run with a wider grid may change the choice)
             print(f"=== {row}, seed {seed}", flush=True)
             runs[row][str(seed)], _ = run_one(args, row, seed, lr, weight, features, data)
             print(json.dumps(runs[row][str(seed)]), flush=True)

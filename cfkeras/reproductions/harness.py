@@ -468,11 +468,18 @@ class Table:
             )
         grid = report.get("args", {}).get("learning_rates")
         if grid:
+            early = any("epochs_run" in r for by in report["runs"].values() for r in by.values())
+            flag = (
+                "Flagged in bold: a run whose best epoch lies in the last "
+                f"{100 * LATE_SHARE:.0f} % of the epochs it ran."
+                if early
+                else f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
+                "of the epochs for most seeds."
+            )
             lines += [
                 "",
                 f"Learning rate of every row chosen on validation ({selection}) from {grid}. "
-                f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
-                "of the epochs for most seeds.",
+                + flag,
             ]
         lines += self.differences_markdown(report)
         if notes:
