@@ -16,7 +16,12 @@ to multi-label classification, as `tf.data` transformations:
   all-zero (`target="all_zero"`, the VQA case).
 
 Boxes are `(y_min, x_min, y_max, x_max)` normalised to `[0, 1]`, as in
-`tf.image`. The overlap of a feature box `f` with a region `r`:
+`tf.image`. A region is a box or (`regions="masks"`) a binary `H x W` mask
+on a canvas grid spanning `[0, 1]^2` (pixel `(i, j)` is the square
+`[i / H, (i + 1) / H] x [j / W, (j + 1) / W]`), e.g. an instance or
+per-label segmentation mask. The overlap of a feature box `f` with a
+region `r` (for a mask, `area(f ∩ r)` is the area of `f` covered by the
+mask's pixels, i.e. the mask area-pooled over `f`; see `mask_overlap`):
 
 ```
 "feature_area": area(f ∩ r) / area(f)     (the fraction of the feature inside the region)
@@ -35,6 +40,7 @@ import tensorflow as tf
 from cfkeras.pairs import make_pair
 
 OVERLAPS = ("feature_area", "iou")
+REGION_KINDS = ("boxes", "masks")
 FILLS = ("zeros", "mean", "learned")
 TARGETS = ("remove", "all_zero")
 # Keys of an example of the dataset `FeatureMasking` maps.
@@ -134,25 +140,131 @@ def box_overlap(feature_boxes, region_boxes, measure="feature_area"):
     return tf.math.divide_no_nan(intersection, denominator)
 
 
+# === Masks ===
+
+
+def check_masks(masks, what="region masks"):
+    """Raises a `ValueError` naming `what` unless `masks` are binary masks.
+
+    Valid: shape `(..., R, H, W)` with `H, W >= 1`, every value 0 or 1
+    (booleans are fine). Returns the masks as a float32 NumPy array.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim < 3:
+        raise ValueError(f"{what} must have shape (..., R, H, W); got {masks.shape}.")
+    if masks.size == 0:
+        raise ValueError(f"{what} is empty: shape {masks.shape}.")
+    masks = masks.astype("float32")
+    if not np.all((masks == 0) | (masks == 1)):
+        bad = masks[(masks != 0) & (masks != 1)]
+        raise ValueError(f"{what} must be binary (0 or 1); found e.g. {bad.flat[0]}.")
+    return masks
+
+
+def _pixel_coverage(low, high, pixels):
+    """`(..., pixels)`: the length of `[low, high]` inside each of `pixels`
+    equal intervals of `[0, 1]`, in units of one pixel (1 = fully inside)."""
+    edges = tf.range(pixels + 1, dtype="float32") / float(pixels)
+    inside = tf.minimum(high[..., None], edges[1:]) - tf.maximum(low[..., None], edges[:-1])
+    return tf.nn.relu(inside) * float(pixels)
+
+
+def mask_overlap(feature_boxes, region_masks, measure="feature_area"):
+    """Overlap of every feature box with every region given as a binary mask.
+
+    A mask `m` of `H x W` pixels covers the canvas `[0, 1]^2`, pixel `(i, j)`
+    the square `[i / H, (i + 1) / H] x [j / W, (j + 1) / W]`. The area of a
+    feature box `f` covered by the mask is the mask area-pooled over `f`
+    (pixels cut by the box's edges count for the part inside it):
+
+    Formula:
+
+    ```
+    area(f ∩ m) = Σ_ij m[i, j] · |f ∩ pixel(i, j)|
+    area(m)     = Σ_ij m[i, j] / (H W)
+    "feature_area": area(f ∩ m) / area(f)     (the fraction of f's area covered by the mask)
+    "iou":          area(f ∩ m) / (area(f) + area(m) - area(f ∩ m))
+    ```
+
+    (0 where a denominator is 0.) For the cells of a `rows x columns` grid
+    (`grid_boxes`) with `H, W` multiples of `rows, columns`, `"feature_area"`
+    is average pooling of the mask over each cell. A mask that is exactly a
+    box's rectangle (box edges on pixel edges) gives `box_overlap` of that box.
+
+    Args:
+        feature_boxes: `(..., N, 4)` boxes of the features.
+        region_masks: `(..., R, H, W)` binary masks of the regions (0/1 or
+            booleans; same leading axes, or broadcastable to them).
+        measure: `"feature_area"` or `"iou"`.
+
+    Returns:
+        float32 `(..., N, R)`.
+
+    Example:
+
+    >>> cell = [[0.0, 0.0, 0.5, 0.5]]  # the top-left cell of a 2 x 2 grid
+    >>> mask = np.zeros((1, 4, 4)); mask[0, 0, 1] = 1  # one pixel of its four
+    >>> float(cfkeras.masking.mask_overlap(cell, mask)[0, 0])
+    0.25
+    """
+    if measure not in OVERLAPS:
+        raise ValueError(f"measure must be one of {OVERLAPS}; received {measure!r}.")
+    f = tf.cast(feature_boxes, "float32")
+    m = tf.cast(region_masks, "float32")
+    if m.shape.rank is not None and m.shape.rank < 3:
+        raise ValueError(f"region masks must have shape (..., R, H, W); got {m.shape}.")
+    height, width = m.shape[-2], m.shape[-1]
+    if height is None or width is None:
+        raise ValueError(f"The masks' height and width must be static; got {m.shape}.")
+    rows = _pixel_coverage(f[..., 0], f[..., 2], height)  # (..., N, H)
+    columns = _pixel_coverage(f[..., 1], f[..., 3], width)  # (..., N, W)
+    # Σ_ij rows[n, i] m[r, i, j] columns[n, j], in pixels, then in canvas area.
+    covered = tf.einsum("...ni,...rij,...nj->...nr", rows, m, columns) / float(height * width)
+    area_f = ((f[..., 2] - f[..., 0]) * (f[..., 3] - f[..., 1]))[..., :, None]
+    if measure == "feature_area":
+        return tf.math.divide_no_nan(covered, area_f + tf.zeros_like(covered))
+    area_m = tf.reduce_mean(m, axis=[-2, -1])[..., None, :]
+    return tf.math.divide_no_nan(covered, area_f + area_m - covered)
+
+
+def region_overlap(feature_boxes, regions, measure="feature_area", kind="boxes"):
+    """`box_overlap` (`kind="boxes"`, regions `(..., R, 4)`) or
+    `mask_overlap` (`kind="masks"`, regions `(..., R, H, W)`)."""
+    if kind not in REGION_KINDS:
+        raise ValueError(f"regions must be one of {REGION_KINDS}; received {kind!r}.")
+    if kind == "masks":
+        return mask_overlap(feature_boxes, regions, measure)
+    return box_overlap(feature_boxes, regions, measure)
+
+
 # === Counterfactuals ===
 
 
 def feature_mask(
-    feature_boxes, region_boxes, region_labels, removed, threshold=0.2, measure="feature_area"
+    feature_boxes,
+    regions,
+    region_labels,
+    removed,
+    threshold=0.2,
+    measure="feature_area",
+    kind="boxes",
 ):
     """Which features a counterfactual masks: `(..., N)` booleans.
 
-    A feature is masked when its overlap (`box_overlap`) with at least one
-    region whose label is removed is strictly greater than `threshold`.
+    A feature is masked when its overlap (`box_overlap`, or `mask_overlap`
+    for masks) with at least one region whose label is removed is strictly
+    greater than `threshold`.
 
     Args:
         feature_boxes: `(..., N, 4)` feature boxes.
-        region_boxes: `(..., R, 4)` region boxes.
+        regions: `(..., R, 4)` region boxes, or with `kind="masks"`
+            `(..., R, H, W)` binary region masks.
         region_labels: `(..., R)` integer label of each region; negative
             for padding (a region that never matches).
         removed: `(..., C)` labels to remove (0/1 or booleans).
         threshold: overlap above which a feature is masked.
-        measure: see `box_overlap`.
+        measure: see `box_overlap` and `mask_overlap`.
+        kind: `"boxes"` or `"masks"`: what `regions` holds.
     """
     removed = tf.cast(removed, "float32")
     region_labels = tf.cast(region_labels, "int32")
@@ -161,7 +273,7 @@ def feature_mask(
     region_removed = tf.reduce_sum(
         tf.one_hot(region_labels, num_labels) * removed[..., None, :], axis=-1
     )  # (..., R)
-    hit = box_overlap(feature_boxes, region_boxes, measure) > threshold  # (..., N, R)
+    hit = region_overlap(feature_boxes, regions, measure, kind) > threshold  # (..., N, R)
     return tf.reduce_any(tf.logical_and(hit, region_removed[..., None, :] > 0), axis=-1)
 
 
@@ -236,8 +348,11 @@ class FeatureMasking:
     * `"features"`: `(N, D)` feature vectors (e.g. the cells of a CNN
       feature map, or object features);
     * `"boxes"`: `(N, 4)` their boxes (omit with `feature_boxes`);
-    * `"regions"`: `(R, 4)` annotated regions, `"region_labels"`: `(R,)`
-      their integer labels (negative: padding);
+    * `"regions"`: `(R, 4)` annotated region boxes, or with
+      `regions="masks"` `(R, H, W)` binary region masks on a canvas grid
+      (any dtype holding 0/1: bool, uint8, float), `"region_labels"`:
+      `(R,)` their integer labels (negative: padding). A per-label
+      segmentation mask is one region a label.
     * `"labels"`: `(C,)` multi-hot labels.
 
     The inputs `x` are the features, or with `fill="learned"` a dict
@@ -248,8 +363,10 @@ class FeatureMasking:
     Args:
         threshold: a feature is masked when its overlap with a region of a
             removed label is above this (the paper's 0.2).
-        overlap: `"feature_area"` (intersection over the feature's box area)
-            or `"iou"`; see `box_overlap`.
+        overlap: `"feature_area"` (intersection over the feature's box area;
+            for masks, the fraction of the feature's box covered by the
+            mask's pixels) or `"iou"`; see `box_overlap`, `mask_overlap`.
+        regions: `"boxes"` or `"masks"`: what the examples' `"regions"` hold.
         fill: `"zeros"`, `"mean"` (`fill_value`) or `"learned"`.
         fill_value: with `"mean"`, the `(D,)` vector (e.g. the mean feature
             over the training set).
@@ -275,6 +392,19 @@ class FeatureMasking:
     >>> x, y = next(iter(pairs))
     >>> x["counterfactual"][0, :, 0].numpy().tolist(), y["counterfactual"][0].numpy().tolist()
     ([0.0, 1.0, 1.0, 1.0], [0.0, 0.0])
+
+    The same region as a 4 x 4 mask covering 3 pixels of the top-left cell
+    (0.75 of its area) and 1 of the top-right one (0.25):
+
+    >>> examples["regions"] = np.zeros((4, 1, 4, 4), "uint8")
+    >>> examples["regions"][:, 0, 0, :3] = 1
+    >>> examples["regions"][:, 0, 1, 0] = 1
+    >>> masking = cfkeras.masking.FeatureMasking(
+    ...     threshold=0.5, regions="masks", feature_boxes=boxes, seed=0
+    ... )
+    >>> x, y = next(iter(masking(tf.data.Dataset.from_tensor_slices(examples).batch(2))))
+    >>> x["counterfactual"][0, :, 0].numpy().tolist()
+    [0.0, 1.0, 1.0, 1.0]
     """
 
     def __init__(
@@ -287,6 +417,7 @@ class FeatureMasking:
         labels_removed=1,
         feature_boxes=None,
         seed=None,
+        regions="boxes",
     ):
         if not 0 <= threshold < 1:
             raise ValueError(f"threshold must be in [0, 1); received {threshold}.")
@@ -302,6 +433,8 @@ class FeatureMasking:
             fill_value = np.asarray(fill_value, "float32")
             if fill_value.ndim != 1 or not np.all(np.isfinite(fill_value)):
                 raise ValueError("fill_value must be a finite 1-D (features,) vector.")
+        if regions not in REGION_KINDS:
+            raise ValueError(f"regions must be one of {REGION_KINDS}; received {regions!r}.")
         if int(labels_removed) < 1:
             raise ValueError(f"labels_removed must be >= 1; received {labels_removed}.")
         if feature_boxes is not None:
@@ -316,19 +449,26 @@ class FeatureMasking:
         self.labels_removed = int(labels_removed)
         self.feature_boxes = feature_boxes
         self.seed = seed
+        self.regions = regions
 
     def counterfactual(self, example, removed):
         """`(features_cf, labels_cf, mask)` of (a batch of) examples whose
         `removed` `(..., C)` labels are removed."""
         features = tf.convert_to_tensor(example[FEATURES])
         boxes = self._boxes(example, features)
-        regions = tf.convert_to_tensor(example[REGIONS], "float32")
+        regions = tf.cast(tf.convert_to_tensor(example[REGIONS]), "float32")
         region_labels = tf.convert_to_tensor(example[REGION_LABELS])
         labels = tf.convert_to_tensor(example[LABELS])
         self._check_shapes(features, boxes, regions, region_labels, labels)
         with tf.control_dependencies(self._check_values(features, boxes, regions)):
             mask = feature_mask(
-                boxes, regions, region_labels, removed, self.threshold, self.overlap
+                boxes,
+                regions,
+                region_labels,
+                removed,
+                self.threshold,
+                self.overlap,
+                self.regions,
             )
         masked = fill_features(features, mask, self.fill, self.fill_value)
         return masked, counterfactual_labels(labels, removed, self.target), mask
@@ -391,13 +531,26 @@ class FeatureMasking:
         n, boxes_n = features.shape[-2], boxes.shape[-2]
         if features.shape.rank is not None and features.shape.rank < 2:
             raise ValueError(f"features must be (..., N, D); got shape {features.shape}.")
-        if boxes.shape[-1] != 4 or regions.shape[-1] != 4:
+        if boxes.shape[-1] != 4:
+            raise ValueError(f"feature boxes must end in 4 coordinates; got {boxes.shape}.")
+        if self.regions == "boxes" and regions.shape[-1] != 4:
             raise ValueError(
-                f"boxes and regions must end in 4 coordinates; got {boxes.shape}, {regions.shape}."
+                f"regions must be boxes (..., R, 4), as regions='boxes'; got {regions.shape} "
+                "(pass regions='masks' for (..., R, H, W) masks)."
+            )
+        if self.regions == "masks" and (
+            regions.shape.rank is not None
+            and features.shape.rank is not None
+            and regions.shape.rank != features.shape.rank + 1
+        ):
+            raise ValueError(
+                f"region masks must be (..., R, H, W) with the features' leading axes; got "
+                f"{regions.shape} for features {features.shape}."
             )
         if n is not None and boxes_n is not None and n != boxes_n:
             raise ValueError(f"{n} features but {boxes_n} feature boxes.")
-        r, labels_r = regions.shape[-2], region_labels.shape[-1]
+        r = regions.shape[-2] if self.regions == "boxes" else regions.shape[-3]
+        labels_r = region_labels.shape[-1]
         if r is not None and labels_r is not None and r != labels_r:
             raise ValueError(f"{r} regions but {labels_r} region labels.")
         if self.fill_value is not None and features.shape[-1] not in (None, len(self.fill_value)):
@@ -412,14 +565,28 @@ class FeatureMasking:
 
     def _check_values(self, features, boxes, regions):
         """Run-time checks (the dataset's values are not known in advance)."""
+        box_tensors = [(boxes, "feature boxes")]
+        if self.regions == "boxes":
+            box_tensors.append((regions, "regions"))
         if tf.executing_eagerly():
-            for tensor, what in ((boxes, "feature boxes"), (regions, "regions")):
+            for tensor, what in box_tensors:
                 check_boxes(tensor.numpy(), what)
+            if self.regions == "masks":
+                check_masks(regions.numpy())
             if not np.all(np.isfinite(features.numpy())):
                 raise ValueError("features contain NaN or Inf.")
             return []
         checks = [tf.debugging.assert_all_finite(features, "features contain NaN or Inf.")]
-        for tensor, what in ((boxes, "feature boxes"), (regions, "regions")):
+        if self.regions == "masks":
+            checks.append(
+                tf.debugging.assert_equal(
+                    regions * (1.0 - regions),
+                    tf.zeros_like(regions),
+                    "region masks must be binary (0 or 1).",
+                    summarize=1,
+                )
+            )
+        for tensor, what in box_tensors:
             checks += [
                 tf.debugging.assert_all_finite(tensor, f"{what} contain NaN or Inf."),
                 tf.debugging.assert_greater_equal(
@@ -447,6 +614,7 @@ class FeatureMasking:
             "labels_removed": self.labels_removed,
             "feature_boxes": as_list(self.feature_boxes),
             "seed": self.seed,
+            "regions": self.regions,
         }
 
     @classmethod

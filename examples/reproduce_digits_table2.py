@@ -21,16 +21,24 @@ multi-label task from real images that ship with scikit-learn (`load_digits`,
 * optimizer: Adam (`--optimizer adam`, the default here), not the paper's
   Adadelta: measured on this task, Adadelta (learning rate 3, the best of
   1 / 3 / 9) still improved validation mAP at epoch 300 (0.848, best epoch
-  300), which no 5-seed table fits in our budget; Adam converges (plateau
-  from about epoch 60 of 100);
+  300), which no 5-seed table fits in our budget; Adam converges;
+* training length: at most `--epochs` (300) epochs, early stopping on
+  validation mAP with a patience of `--patience` (30, at least 10 % of the
+  epochs: a run stopped early has its best epoch outside the last tenth of
+  the epochs it ran), the best epoch's weights restored; the report gives
+  every run's best epoch / epochs run and flags a best epoch in the last
+  tenth (a run that hit the cap still improving);
 * training counterfactuals: `cfkeras.masking.FeatureMasking`, on the fly:
   every epoch each canvas removes 1 or 2 of its digits (`--labels-removed`;
   2, so that the "sum" and "per-label" modes differ: with one changed label
   they are the same cosine) by replacing every cell whose box overlaps the
   digit's box by more than 0.2 of the cell's area with the background
-  feature (the mean of the training cells that overlap no digit; zeros, in
-  a first trial, made the step x_j - x_i mostly "less background"), and
-  loses those labels;
+  feature (the mean of the training cells that overlap no digit box; zeros,
+  in a first trial, made the step x_j - x_i mostly "less background"), and
+  loses those labels. With `--regions masks` the regions are the digits'
+  real pixel masks (ink > 0) instead of their boxes: a cell is masked when
+  more than 0.2 of its pixels are the digit's ink
+  (`cfkeras.masking.mask_overlap`);
 * test sets: the original test canvases; "edited" test canvases, a digit
   really removed from the pixels (the analogue of Agarwal et al.'s
   inpainting, a different edit than the training masks); "hard edited", the
@@ -42,24 +50,27 @@ seeds): `chance` (random scores), `original` (originals only, batches of
 512), `augmentation` (the pair batches, 256 pairs = 512 examples, λ = 0),
 `gs_sum` and `gs_per_label` (GS in the pooled space, `multi_label_mode` sum
 or per-label), `gs_random` (GS with each batch's counterfactuals given to
-random originals of the batch). The learning rate (and λ) of every row is
-chosen on validation mAP (originals and edited validation canvases) over the
-same grid (the GS rows: λ over the same grid at the control's learning
-rate, so that they differ from the control by the GS term alone), with the
-first seed (whose run at the chosen values is its
-result: the choice reads validation only); then every other seed runs with
-the choice. The weights of the epoch of best validation mAP are evaluated.
+random originals of the batch). The learning rate of every row is chosen
+on validation mAP (originals and edited validation canvases) from the same
+grid (`--learning-rates`, 0.001 / 0.003 / 0.01); the GS rows choose
+(learning rate, λ) jointly over that grid × `--gs-weights` (0.001 / 0.01 /
+0.1; `--gs-learning-rate control` keeps the control's rate and searches λ
+only). The choice is made with the first seed (whose run at the chosen
+values is its result: the choice reads validation only); then every other
+seed runs with the choice. The weights of the epoch of best validation mAP
+are evaluated.
 
 Writes `<out>/digits_table2[_<tag>].{json,md,png}` and a figure
 `digits_table2[_<tag>]_gradients.png` (a test canvas, its counterfactual,
 and the input-gradient map of the control and of + GS). Resumable: finished
 runs are kept in `<stem>.partial.json` and skipped when re-run.
 
-    python examples/reproduce_digits_table2.py --seeds 0 1 2 3 4
+    taskset -c 1 python examples/reproduce_digits_table2.py --seeds 0 1 2 3 4 --threads 1
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -75,6 +86,8 @@ from cfkeras.selection import BestEpochWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reproduction import Table  # noqa: E402  (the examples' shared helpers)
+
+from cfkeras.reproductions.harness import LATE_SHARE  # noqa: E402
 
 ROWS = ("chance", "original", "augmentation", "gs_sum", "gs_per_label", "gs_random")
 GS_ROWS = ("gs_sum", "gs_per_label", "gs_random")
@@ -107,18 +120,45 @@ def parse_args(argv=None):
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--train-canvases", type=int, default=6144)
     parser.add_argument("--test-canvases", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument(
+        "--epochs", type=int, default=300, help="the most epochs a run trains (early stopping)"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=30,
+        help="stop after this many epochs without a better validation mAP (>= 10 %% of --epochs)",
+    )
     parser.add_argument("--pair-probability", type=float, default=0.95)
     parser.add_argument("--labels-removed", type=int, default=2)
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=[0.003, 0.01])
-    parser.add_argument("--gs-weights", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    parser.add_argument("--gs-learning-rate", default="control", choices=("control", "grid"))
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=[0.001, 0.003, 0.01])
+    parser.add_argument("--gs-weights", type=float, nargs="+", default=[0.001, 0.01, 0.1])
+    parser.add_argument("--gs-learning-rate", default="grid", choices=("control", "grid"))
+    parser.add_argument(
+        "--regions",
+        default="boxes",
+        choices=masking.REGION_KINDS,
+        help="the digits' regions for masking: their 8 x 8 boxes or their ink pixels (masks)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TensorFlow's (and tf.data's) threads; 0: TensorFlow's default. 1 is fastest "
+        "on one pinned core",
+    )
     parser.add_argument("--data-seed", type=int, default=1234)
     parser.add_argument("--out", default="results")
     parser.add_argument("--optimizer", default="adam", choices=("adam", "adadelta"))
     parser.add_argument("--tag", default=None, help="suffix of the result files")
     parser.add_argument("--verbose", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.patience < LATE_SHARE * args.epochs:
+        parser.error(
+            f"--patience {args.patience} < 10 % of --epochs {args.epochs}: a run stopped early "
+            "could then have its best epoch in the last tenth of the epochs it ran."
+        )
+    return args
 
 
 # === Data ===
@@ -165,18 +205,22 @@ def draw(placed):
 
 
 def pack(placed_list):
-    """Canvases, regions `(n, 4, 4)`, region labels `(n, 4)` (-1: none), labels."""
+    """Canvases, regions: boxes `(n, 4, 4)` and masks `(n, 4, 32, 32)` (uint8:
+    the digit's ink pixels, value > 0), region labels `(n, 4)` (-1: none), labels."""
     n = len(placed_list)
     canvases = np.zeros((n, CANVAS, CANVAS, 1), "float32")
     regions = np.zeros((n, 4, 4), "float32")
+    region_masks = np.zeros((n, 4, CANVAS, CANVAS), "uint8")
     region_labels = -np.ones((n, 4), "int32")
     labels = np.zeros((n, NUM_LABELS), "float32")
     for k, placed in enumerate(placed_list):
         canvases[k, ..., 0] = draw(placed)
-        for r, (d, _, y, x) in enumerate(placed):
+        for r, (d, image, y, x) in enumerate(placed):
             regions[k, r] = np.array([y, x, y + DIGIT, x + DIGIT]) / CANVAS
+            region_masks[k, r, y : y + DIGIT, x : x + DIGIT] = image > 0
             region_labels[k, r] = d
             labels[k, d] = 1
+    regions = {"boxes": regions, "masks": region_masks}
     return {"canvases": canvases, "regions": regions, "region_labels": region_labels}, labels
 
 
@@ -275,11 +319,11 @@ def standardize(features):
 # === Datasets ===
 
 
-def example_batches(features, data, batch_size, seed):
+def example_batches(features, data, batch_size, seed, regions="boxes"):
     """Batches of examples (dicts for `FeatureMasking`), re-shuffled every epoch."""
     tensors = {
         "features": tf.constant(features),
-        "regions": tf.constant(data[0]["regions"]),
+        "regions": tf.constant(data[0]["regions"][regions]),
         "region_labels": tf.constant(data[0]["region_labels"]),
         "labels": tf.constant(data[1]),
     }
@@ -308,7 +352,7 @@ def background_feature(features, data):
     """The mean feature of the training cells that overlap no digit: masked
     cells are filled with it (the feature-space analogue of inpainting the
     background), so that `x_j - x_i` is the removed digits' content only."""
-    regions, region_labels = data[0]["regions"], data[0]["region_labels"]
+    regions, region_labels = data[0]["regions"]["boxes"], data[0]["region_labels"]
     removed = np.ones((len(regions), NUM_LABELS), "float32")
     cells = masking.grid_boxes(GRID, GRID)
     digit = masking.feature_mask(cells, regions, region_labels, removed, threshold=0.0).numpy()
@@ -327,7 +371,7 @@ def optimizer(name, learning_rate):
     return keras.optimizers.Adadelta(learning_rate=learning_rate)
 
 
-def training_data(row, features, data, seed, labels_removed, fill_value):
+def training_data(row, features, data, seed, labels_removed, fill_value, regions="boxes"):
     if row == "original":
         dataset = example_batches(features, data, 512, seed)
         pooled = lambda e: (tf.reduce_mean(e["features"], axis=-2), e["labels"])  # noqa: E731
@@ -339,8 +383,9 @@ def training_data(row, features, data, seed, labels_removed, fill_value):
         labels_removed=labels_removed,
         feature_boxes=masking.grid_boxes(GRID, GRID),
         seed=seed,
+        regions=regions,
     )
-    pairs = transform(example_batches(features, data, 256, seed))
+    pairs = transform(example_batches(features, data, 256, seed, regions))
     if row == "gs_random":
         pairs = randomize_relations(pairs, seed + 1)
     return pairs.map(pool).prefetch(2)
@@ -395,19 +440,30 @@ def run_one(args, row, seed, learning_rate, gs_weight, features, data):
         optimizer=optimizer(args.optimizer, learning_rate),
         loss="binary_crossentropy",
     )
+    # Early stopping on validation mAP; the best epoch's weights are restored
+    # (both take the earliest of tied epochs). A run stopped early ran its
+    # best epoch + `patience` epochs, so with patience >= 10 % of the epochs
+    # its best epoch is not in the last tenth of them.
     selection = BestEpochWeights(monitor="val_map", mode="max")
+    stopping = keras.callbacks.EarlyStopping(monitor="val_map", mode="max", patience=args.patience)
+    dataset = training_data(
+        row,
+        features["train"],
+        data["train"],
+        seed,
+        args.labels_removed,
+        background_feature(features["train"], data["train"]),
+        args.regions,
+    )
+    if args.threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = args.threads
+        dataset = dataset.with_options(options)
     history = trainer.fit(
-        training_data(
-            row,
-            features["train"],
-            data["train"],
-            seed,
-            args.labels_removed,
-            background_feature(features["train"], data["train"]),
-        ),
+        dataset,
         epochs=args.epochs,
         verbose=args.verbose,
-        callbacks=[ValidationMAP(model, *evaluation["validation"]), selection],
+        callbacks=[ValidationMAP(model, *evaluation["validation"]), selection, stopping],
     )
     scores = {
         k: mean_ap(y, model.predict(x, batch_size=1024, verbose=0))
@@ -417,6 +473,7 @@ def run_one(args, row, seed, learning_rate, gs_weight, features, data):
     result = {
         "scores": scores,
         "best_epoch": selection.best_epoch + 1,
+        "epochs_run": len(logs["loss"]),
         "learning_rate": learning_rate,
         "gs_weight": gs_weight if row in GS_ROWS else 0.0,
         "final_main_loss": float(logs["main_loss"][-1]),
@@ -462,6 +519,35 @@ def paired_differences(report):
     return lines
 
 
+def tuning_table(report):
+    """Validation mAP of every grid run (the first seed), best epoch / ran."""
+    tuning = report.get("tuning", {})
+    if not tuning:
+        return []
+    seed = report["args"]["seeds"][0]
+    lines = [
+        f"Tuning runs (seed {seed}): validation mAP (%), best epoch / epochs run; "
+        "**bold**: chosen.",
+        "",
+        "| row | lr | λ | validation | best / ran |",
+        "|---|---|---|---|---|",
+    ]
+    chosen = report.get("chosen", {})
+    for key, result in tuning.items():
+        row, lr, weight = key.split(" ")
+        lr, weight = float(lr.split("=")[1]), float(weight.split("=")[1])
+        c = chosen.get(row, {})
+        value = f"{100 * result['scores']['validation']:.2f}"
+        if c.get("learning_rate") == lr and c.get("gs_weight") == weight:
+            value = f"**{value}**"
+        ran = result.get("epochs_run", "?")
+        best = f"{result['best_epoch']}/{ran}"
+        if ran != "?" and result["best_epoch"] > ran - math.ceil(LATE_SHARE * ran):
+            best += " (last tenth: still improving)"
+        lines.append(f"| {row} | {lr:g} | {weight:g} | {value} | {best} |")
+    return lines
+
+
 def render_report(report):
     args = report["args"]
     chosen = report.get("chosen", {})
@@ -477,15 +563,26 @@ def render_report(report):
         f"Chosen on validation mAP with seed {args['seeds'][0]} over learning rates "
         f"{args['learning_rates']} (GS rows: {args.get('gs_learning_rate', 'grid')}) × λ "
         f"{args['gs_weights']}: {choice}.",
+        "",
+        f"Regions masked: {args.get('regions', 'boxes')}. Training: at most "
+        f"{args['epochs']} epochs, early stopping on validation mAP with patience "
+        f"{args.get('patience', '—')}, the best epoch's weights restored. Best epochs below "
+        "as best/ran per seed.",
     ]
     notes = [
         "Paired differences, GS rows − control (augmentation, λ = 0), mean ± standard "
         "error over seeds, in mAP points:",
         "",
         *paired_differences(report),
+        "",
+        *tuning_table(report),
     ]
     markdown = TABLE.markdown(
-        report, "Digit canvases: the shape of Table 2 of Teney et al. (2020)", preamble, notes
+        report,
+        "Digit canvases: the shape of Table 2 of Teney et al. (2020)",
+        preamble,
+        notes,
+        selection=f"seed {args['seeds'][0]}",
     )
     return (
         markdown,
@@ -497,7 +594,7 @@ def render_report(report):
 # === The figure ===
 
 
-def gradient_figure(path, trunk, scaling, models, data, seed):
+def gradient_figure(path, trunk, scaling, models, data, seed, regions="boxes"):
     """A test canvas, its feature-masked counterfactual, and the pixel
     gradient of the removed label's logit for each model."""
     import matplotlib
@@ -505,7 +602,8 @@ def gradient_figure(path, trunk, scaling, models, data, seed):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    canvases, regions = data["test"][0]["canvases"], data["test"][0]["regions"]
+    canvases, kind = data["test"][0]["canvases"], regions
+    regions = data["test"][0]["regions"][kind]
     region_labels, labels = data["test"][0]["region_labels"], data["test"][1]
     # Canvases holding a biased pair: the removed digit is the pair's first.
     picks = [k for k in range(len(labels)) if labels[k, 0] and labels[k, 1]][:2]
@@ -518,7 +616,9 @@ def gradient_figure(path, trunk, scaling, models, data, seed):
         digit = 0 if labels[k, 0] else 2
         removed = np.zeros((1, NUM_LABELS), "float32")
         removed[0, digit] = 1
-        mask = masking.feature_mask(cells, regions[k : k + 1], region_labels[k : k + 1], removed)
+        mask = masking.feature_mask(
+            cells, regions[k : k + 1], region_labels[k : k + 1], removed, kind=kind
+        )
         mask = mask.numpy().reshape(GRID, GRID)
         # The counterfactual's masked cells in red over the canvas.
         shown = np.repeat(canvases[k], 3, axis=-1)
@@ -558,6 +658,12 @@ def gradient_figure(path, trunk, scaling, models, data, seed):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        except RuntimeError:  # TensorFlow already running (e.g. in a test process)
+            print("--threads: TensorFlow already initialized; its threads unchanged", flush=True)
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -592,6 +698,8 @@ def main(argv=None):
         report = TABLE.report(
             args, argv, start - elapsed, runs, data=stats, tuning=tuning, chosen=chosen
         )
+        # The lr column: each row's learning rate, chosen with the first seed.
+        report["chosen_learning_rate"] = {r: c["learning_rate"] for r, c in chosen.items()}
         partial.write_text(json.dumps(report, indent=2))
         return report
 
@@ -629,8 +737,9 @@ def main(argv=None):
             models[row] = tuned_models[key]
         # 2. The other seeds with the choice.
         for seed in args.seeds[1:]:
-            if str(seed) in runs[row]:
-                continue
+            done_run = runs[row].get(str(seed))
+            if done_run and (done_run["learning_rate"], done_run["gs_weight"]) == (lr, weight):
+                continue  # (a resumed run with a wider grid may change the choice)
             print(f"=== {row}, seed {seed}", flush=True)
             runs[row][str(seed)], _ = run_one(args, row, seed, lr, weight, features, data)
             print(json.dumps(runs[row][str(seed)]), flush=True)
@@ -648,6 +757,7 @@ def main(argv=None):
             {"control (λ = 0)": models["augmentation"], "+ GS (sum)": models["gs_sum"]},
             data,
             args.seeds[0],
+            args.regions,
         )
     partial.unlink()
     print(markdown)

@@ -1,7 +1,8 @@
-"""`cfkeras.masking`: overlaps and masks on hand-built boxes, the label
-update, fills, the random choice, errors, config, and the `tf.data` transform
-feeding `fit` with and without XLA."""
+"""`cfkeras.masking`: overlaps and masks on hand-built boxes and region
+masks, the label update, fills, the random choice, errors, config, and the
+`tf.data` transform feeding `fit` with and without XLA."""
 
+import doctest
 import json
 
 import keras
@@ -58,6 +59,146 @@ def test_every_instance_of_the_removed_label_is_masked_and_padding_never():
     np.testing.assert_array_equal(mask([1, 0, 0]), [False, True, False, False])
     np.testing.assert_array_equal(mask([1, 1, 0]), [True, True, False, True])
     np.testing.assert_array_equal(mask([0, 0, 1]), [False] * 4)  # label 2 has no region
+
+
+# === Region masks ===
+
+
+def _top_left_mask(size=8):
+    """An 8 x 8 mask (each cell of GRID is 4 x 4 pixels) covering 16 pixels
+    of cell (0, 0) (all), 4 of cell (0, 1) (1/4) and 2 of cell (1, 0) (1/8)."""
+    mask = np.zeros((size, size), "float32")
+    mask[:4, :4] = 1
+    mask[:4, 4] = 1  # a column of 4 pixels in cell (0, 1)
+    mask[4, :2] = 1  # 2 pixels in cell (1, 0)
+    return mask
+
+
+def test_mask_overlap_is_area_pooling_of_the_mask():
+    mask = _top_left_mask()
+    overlap = masking.mask_overlap(GRID, mask[None]).numpy()[:, 0]
+    np.testing.assert_allclose(overlap, [1.0, 0.25, 0.125, 0.0])
+    # = average pooling of the mask over the 4 x 4 cells, in row-major order.
+    pooled = mask.reshape(2, 4, 2, 4).mean(axis=(1, 3)).reshape(-1)
+    np.testing.assert_allclose(overlap, pooled)
+    # IoU: mask area 22 / 64; cell area 1/4.
+    iou = masking.mask_overlap(GRID, mask[None], "iou").numpy()[:, 0]
+    area_m = 22 / 64
+    inter = np.array([16, 4, 2, 0]) / 64
+    np.testing.assert_allclose(iou, inter / (0.25 + area_m - inter), rtol=1e-6)
+    # A box that cuts pixels counts the part of each pixel inside it.
+    half_pixel = [[0.0, 0.0, 1 / 16, 1 / 16]]  # a quarter of pixel (0, 0)
+    assert masking.mask_overlap(half_pixel, mask[None]).numpy()[0, 0] == pytest.approx(1.0)
+    off = [[0.0, 0.0, 1.0, 1.0]]
+    assert masking.mask_overlap(off, mask[None]).numpy()[0, 0] == pytest.approx(22 / 64)
+
+
+@pytest.mark.parametrize(
+    "threshold, masked",
+    [
+        (0.0, [1, 1, 1, 0]),
+        (0.12, [1, 1, 1, 0]),
+        (0.125, [1, 1, 0, 0]),  # strictly greater: the 1/8 cell stays
+        (0.13, [1, 1, 0, 0]),
+        (0.24, [1, 1, 0, 0]),
+        (0.25, [1, 0, 0, 0]),
+        (0.26, [1, 0, 0, 0]),
+        (0.99, [1, 0, 0, 0]),
+    ],
+)
+def test_mask_regions_mask_exactly_the_expected_cells(threshold, masked):
+    mask = masking.feature_mask(
+        GRID, _top_left_mask()[None], [0], [1.0, 0.0], threshold=threshold, kind="masks"
+    )
+    np.testing.assert_array_equal(mask.numpy(), np.array(masked, bool))
+
+
+@pytest.mark.parametrize("measure", ["feature_area", "iou"])
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5])
+def test_a_mask_equal_to_a_box_gives_the_box_result(measure, threshold):
+    # Boxes on the pixel edges of a 16 x 16 canvas, against a 4 x 4 grid of cells.
+    rng = np.random.default_rng(0)
+    cells = masking.grid_boxes(4, 4)
+    corners = np.sort(rng.integers(0, 17, size=(6, 3, 2, 2)), axis=2)  # (batch, R, lo/hi, y/x)
+    boxes = np.concatenate([corners[:, :, 0], corners[:, :, 1]], -1).astype("float32") / 16
+    y, x = np.arange(16)[:, None], np.arange(16)[None, :]
+    lo, hi = corners[:, :, 0], corners[:, :, 1]
+    masks = (
+        (y >= lo[..., 0, None, None])
+        & (y < hi[..., 0, None, None])
+        & (x >= lo[..., 1, None, None])
+        & (x < hi[..., 1, None, None])
+    )
+    np.testing.assert_allclose(
+        masking.mask_overlap(cells, masks, measure).numpy(),
+        masking.box_overlap(cells, boxes, measure).numpy(),
+        atol=1e-6,
+    )
+    region_labels = rng.integers(-1, 3, size=(6, 3))
+    removed = (rng.random((6, 3)) < 0.6).astype("float32")
+    np.testing.assert_array_equal(
+        masking.feature_mask(cells, masks, region_labels, removed, threshold, measure, "masks"),
+        masking.feature_mask(cells, boxes, region_labels, removed, threshold, measure),
+    )
+    # And through the transform, same draws: the same pairs.
+    examples = {
+        "features": rng.normal(size=(6, 16, 2)).astype("float32"),
+        "region_labels": region_labels.astype("int32"),
+        "labels": np.ones((6, 3), "float32"),
+    }
+    pairs = {}
+    for kind, regions in (("boxes", boxes), ("masks", masks.astype("uint8"))):
+        transform = masking.FeatureMasking(
+            threshold=threshold, overlap=measure, feature_boxes=cells, seed=7, regions=kind
+        )
+        dataset = tf.data.Dataset.from_tensor_slices({**examples, "regions": regions}).batch(3)
+        pairs[kind] = [
+            (x["counterfactual"].numpy(), y["counterfactual"].numpy())
+            for x, y in transform(dataset)
+        ]
+    for (x_box, y_box), (x_mask, y_mask) in zip(pairs["boxes"], pairs["masks"]):
+        np.testing.assert_array_equal(x_box, x_mask)
+        np.testing.assert_array_equal(y_box, y_mask)
+
+
+def _mask_examples(n=8):
+    """`_examples` with the two regions as 8 x 8 masks of the same cells."""
+    examples = _examples(n)
+    masks = np.zeros((n, 2, 8, 8), "uint8")
+    masks[:, 0, :4, :4] = 1
+    masks[:, 1, 4:, 4:] = 1
+    return {**examples, "regions": masks}
+
+
+def test_bad_masks_raise_clear_errors():
+    examples = _mask_examples()
+    transform = masking.FeatureMasking(feature_boxes=GRID, regions="masks")
+    removed = np.ones((8, 3), "float32")
+    bad = {**examples, "regions": examples["regions"].astype("float32") * 0.5}
+    with pytest.raises(ValueError, match="binary"):
+        transform.counterfactual(bad, removed)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="binary"):
+        next(iter(transform(tf.data.Dataset.from_tensor_slices(bad).batch(8))))
+    with pytest.raises(ValueError, match=r"\(\.\.\., R, H, W\)"):
+        transform.counterfactual({**examples, "regions": examples["regions"][:, 0]}, removed)
+    with pytest.raises(ValueError, match="2 regions but 1 region labels"):
+        transform.counterfactual(
+            {**examples, "region_labels": examples["region_labels"][:, :1]}, removed
+        )
+    with pytest.raises(ValueError, match="regions='masks'"):  # masks given as boxes
+        masking.FeatureMasking(feature_boxes=GRID).counterfactual(examples, removed)
+    with pytest.raises(ValueError, match="regions must be one of"):
+        masking.FeatureMasking(regions="polygons")
+    with pytest.raises(ValueError, match="binary"):
+        masking.check_masks([[[0.0, 2.0]]])
+    with pytest.raises(ValueError, match=r"\(\.\.\., R, H, W\)"):
+        masking.mask_overlap(GRID, np.ones((8, 8)))
+
+
+def test_docstring_examples():
+    result = doctest.testmod(masking, extraglobs={"cfkeras": cfkeras, "np": np}, verbose=False)
+    assert result.attempted >= 3
+    assert result.failed == 0
 
 
 def test_label_update():
@@ -227,6 +368,7 @@ def test_config_round_trips():
         feature_boxes=GRID,
         labels_removed=2,
         target="all_zero",
+        regions="masks",
     )
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(transform)))
     clone = keras.saving.deserialize_keras_object(config)
@@ -237,7 +379,7 @@ def test_config_round_trips():
     assert keras.saving.deserialize_keras_object(config).get_config() == layer.get_config()
 
 
-def _fit_losses(jit_compile, fill):
+def _fit_losses(jit_compile, fill, regions="boxes"):
     keras.utils.set_random_seed(0)
     model = cfkeras.models.multi_label_classifier(
         3, feature_dim=3, num_features=4, hidden_units=(8,), learned_fill=fill == "learned"
@@ -248,8 +390,9 @@ def _fit_losses(jit_compile, fill):
         loss="binary_crossentropy",
         jit_compile=jit_compile,
     )
-    dataset = tf.data.Dataset.from_tensor_slices(_examples(n=32)).batch(8)
-    pairs = masking.FeatureMasking(fill=fill, feature_boxes=GRID, seed=0)(dataset)
+    examples = _examples(n=32) if regions == "boxes" else _mask_examples(n=32)
+    dataset = tf.data.Dataset.from_tensor_slices(examples).batch(8)
+    pairs = masking.FeatureMasking(fill=fill, feature_boxes=GRID, seed=0, regions=regions)(dataset)
     history = gs.fit(pairs, epochs=2, verbose=0)
     return history.history
 
@@ -260,5 +403,13 @@ def test_transform_feeds_fit_with_and_without_xla(fill):
     xla = _fit_losses(True, fill)
     assert np.all(np.isfinite(eager["loss"]))
     assert eager["gs_supervised"][-1] == 1.0  # every pair changes a label
+    np.testing.assert_allclose(xla["loss"], eager["loss"], rtol=1e-4)
+    np.testing.assert_allclose(xla["gs_loss"], eager["gs_loss"], rtol=1e-4)
+
+
+def test_mask_regions_feed_fit_with_and_without_xla():
+    eager = _fit_losses(False, "zeros", regions="masks")
+    xla = _fit_losses(True, "zeros", regions="masks")
+    assert eager["gs_supervised"][-1] == 1.0
     np.testing.assert_allclose(xla["loss"], eager["loss"], rtol=1e-4)
     np.testing.assert_allclose(xla["gs_loss"], eager["gs_loss"], rtol=1e-4)

@@ -351,16 +351,25 @@ class Table:
 
     @staticmethod
     def convergence(runs, epochs):
-        """Per row: the best epochs, and `converged` False when the best
-        epoch lies in the last `LATE_SHARE` of the epochs for most seeds."""
+        """Per row: the best epochs, the seeds whose best epoch lies in the
+        last `LATE_SHARE` of the epochs they ran (`late_runs`; a run's
+        `epochs_run`, when it stopped early, else `epochs`), and `converged`
+        False when that is so for most seeds."""
         late = max(1, math.ceil(LATE_SHARE * epochs))
         out = {}
         for row, by_seed in runs.items():
             best = [int(r["best_epoch"]) for r in by_seed.values()]
-            n_late = sum(b > epochs - late for b in best)
+            late_runs = []
+            for seed, r in by_seed.items():
+                ran = int(r.get("epochs_run", epochs))
+                if int(r["best_epoch"]) > ran - max(1, math.ceil(LATE_SHARE * ran)):
+                    late_runs.append(seed)
+            n_late = len(late_runs)
             out[row] = {
                 "best_epochs": best,
+                "epochs_run": [int(r.get("epochs_run", epochs)) for r in by_seed.values()],
                 "late_seeds": n_late,
+                "late_runs": late_runs,
                 "late_from_epoch": epochs - late + 1,
                 "converged": not (best and n_late > len(best) / 2),
             }
@@ -415,7 +424,7 @@ class Table:
 
     # === Markdown ===
 
-    def markdown(self, report, heading, preamble=(), notes=()):
+    def markdown(self, report, heading, preamble=(), notes=(), selection="mean over seeds"):
         """A Markdown table (`mean ± std (paper)` per cell, the chosen learning
         rate, best epochs and a convergence flag per row), then the paired
         differences to the controls and the figures."""
@@ -443,10 +452,20 @@ class Table:
                 if paper is not None:
                     cell += f" ({paper})"
                 text.append(cell)
-            epochs = ", ".join(str(r["best_epoch"]) for r in report["runs"][row].values())
+            by_seed = report["runs"][row].values()
             flag = convergence.get(row, {})
-            if flag and not flag["converged"]:
-                epochs += f" **not converged** (best ≥ epoch {flag['late_from_epoch']})"
+            if any("epochs_run" in r for r in by_seed):
+                # Early stopping: "best / ran" per seed, every late run flagged.
+                epochs = ", ".join(f"{r['best_epoch']}/{r.get('epochs_run', '?')}" for r in by_seed)
+                if flag.get("late_runs"):
+                    epochs += (
+                        " **best epoch in the last tenth of the epochs run: seeds "
+                        f"{', '.join(flag['late_runs'])}**"
+                    )
+            else:
+                epochs = ", ".join(str(r["best_epoch"]) for r in by_seed)
+                if flag and not flag["converged"]:
+                    epochs += f" **not converged** (best ≥ epoch {flag['late_from_epoch']})"
             rate = chosen.get(row)
             lines.append(
                 f"| {self.labels[row]} | "
@@ -455,11 +474,18 @@ class Table:
             )
         grid = report.get("args", {}).get("learning_rates")
         if grid:
+            early = any("epochs_run" in r for by in report["runs"].values() for r in by.values())
+            flag = (
+                "Flagged in bold: a run whose best epoch lies in the last "
+                f"{100 * LATE_SHARE:.0f} % of the epochs it ran."
+                if early
+                else f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
+                "of the epochs for most seeds."
+            )
             lines += [
                 "",
-                f"Learning rate of every row chosen on validation (mean over seeds) from {grid}. "
-                f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
-                "of the epochs for most seeds.",
+                f"Learning rate of every row chosen on validation ({selection}) from {grid}. "
+                + flag,
             ]
         lines += self.differences_markdown(report)
         if notes:

@@ -14,6 +14,7 @@ ARGS = [
     "--train-canvases", "512",
     "--test-canvases", "300",
     "--epochs", "2",
+    "--patience", "1",
     "--learning-rates", "1",
     "--gs-weights", "0.1",
     "--tag", "smoke",
@@ -34,6 +35,8 @@ def test_reproduction_runs_every_row_and_resumes(tmp_path):
             assert set(result["scores"]) == set(script.COLUMNS)
             assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
             assert result["best_epoch"] in ((0,) if row == "chance" else (1, 2))
+            if row != "chance":  # early stopping: best epoch + patience at most
+                assert result["best_epoch"] <= result["epochs_run"] <= 2
         values = [100 * r["scores"]["test_edited"] for r in by_seed.values()]
         np.testing.assert_allclose(saved["summary"][row]["test_edited"]["mean"], np.mean(values))
     assert set(saved["chosen"]) == set(script.ROWS) - {"chance"}
@@ -41,6 +44,10 @@ def test_reproduction_runs_every_row_and_resumes(tmp_path):
     assert (out / "digits_table2_smoke_gradients.png").stat().st_size > 0
     markdown = (out / "digits_table2_smoke.md").read_text()
     assert "--train-canvases 512" in markdown and "Paired differences" in markdown
+    assert "Tuning runs (seed 0)" in markdown
+    # Every row, the GS rows too, chose its learning rate from the same grid.
+    assert saved["args"]["gs_learning_rate"] == "grid"
+    assert all(f"{row} lr=1.0 gs_weight=0.1" in saved["tuning"] for row in script.GS_ROWS)
     assert report["data"]["test_hard_edited"] > 0
     # Resume: a partial file with every run finished is read back, not re-run
     # (only the first seed of the figure's two rows is trained again).
@@ -48,3 +55,36 @@ def test_reproduction_runs_every_row_and_resumes(tmp_path):
     partial.write_text(json.dumps(report))
     again = script.main([*ARGS, "--out", str(out)])
     assert again["runs"] == report["runs"]
+
+
+@pytest.mark.slow
+def test_mask_regions_run(tmp_path):
+    script = load_example("reproduce_digits_table2")
+    args = [*ARGS[:-1], "mask_smoke", "--rows", "augmentation", "gs_sum", "--regions", "masks"]
+    report = script.main([*args, "--seeds", "0", "--out", str(tmp_path)])
+    assert report["args"]["regions"] == "masks"
+    assert set(report["runs"]) == {"augmentation", "gs_sum"}
+    assert (tmp_path / "digits_table2_mask_smoke_gradients.png").stat().st_size > 0
+
+
+def test_region_masks_are_the_ink_inside_the_boxes():
+    script = load_example("reproduce_digits_table2")
+    rng = np.random.default_rng(0)
+    images = {d: rng.random((3, 8, 8)).round(1).astype("float32") for d in range(10)}
+    placed = [script.render([0, 1, 5], images, rng), script.render([7], images, rng)]
+    data, labels = script.pack(placed)
+    boxes, masks = data["regions"]["boxes"], data["regions"]["masks"]
+    assert masks.shape == (2, 4, 32, 32) and masks.dtype == np.uint8
+    for k, canvas in enumerate(placed):
+        for r, (_, image, y, x) in enumerate(canvas):
+            np.testing.assert_array_equal(masks[k, r, y : y + 8, x : x + 8], image > 0)
+            assert masks[k, r].sum() == (image > 0).sum()  # nothing outside its box
+            np.testing.assert_allclose(boxes[k, r], np.array([y, x, y + 8, x + 8]) / 32)
+    assert masks[1, 1:].sum() == 0  # padding regions are empty
+
+
+def test_patience_must_be_a_tenth_of_the_epochs():
+    script = load_example("reproduce_digits_table2")
+    assert script.parse_args(["--epochs", "300", "--patience", "30"]).patience == 30
+    with pytest.raises(SystemExit):
+        script.parse_args(["--epochs", "300", "--patience", "29"])

@@ -106,6 +106,36 @@ def test_a_run_cut_short_resumes_from_its_partial_file(tmp_path):
     assert none == [] and (tmp_path / "fake.json").exists()
 
 
+def test_early_stopped_runs_are_judged_on_the_epochs_they_ran():
+    # Best epoch / epochs run: 70/100 is fine, 95/100 and 10/10 lie in the last tenth.
+    runs = {
+        "control": {
+            "0": {"best_epoch": 70, "epochs_run": 100},
+            "1": {"best_epoch": 95, "epochs_run": 100},
+            "2": {"best_epoch": 10, "epochs_run": 10},
+        },
+        "gs": {"0": {"best_epoch": 40, "epochs_run": 70}, "1": {"best_epoch": 50}},
+    }
+    convergence = TABLE.convergence(runs, epochs=300)
+    assert convergence["control"]["late_runs"] == ["1", "2"]
+    assert convergence["control"]["converged"] is False  # 2 of 3 seeds
+    assert convergence["gs"]["late_runs"] == [] and convergence["gs"]["epochs_run"] == [70, 300]
+    report = {
+        "command": "c",
+        "machine": "m",
+        "wall_seconds": 1.0,
+        "runs": {row: {s: {**r, "scores": {}} for s, r in by.items()} for row, by in runs.items()},
+        "summary": {"control": {}, "gs": {}},
+        "convergence": convergence,
+    }
+    markdown = TABLE.markdown(report, "h")
+    assert (
+        "70/100, 95/100, 10/10 **best epoch in the last tenth of the epochs run: seeds 1, 2**"
+        in (markdown)
+    )
+    assert "40/70, 50/? |" in markdown
+
+
 def test_resuming_with_other_arguments_is_refused_unless_restarted(tmp_path):
     calls = []
     with pytest.raises(KeyboardInterrupt):
