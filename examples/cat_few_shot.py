@@ -290,7 +290,7 @@ def render(report):
         "Cells: accuracy %, mean ± std over seeds; for CAT* and CAT, [paired difference "
         "to ERM, same seeds: mean ± standard error]. lr: chosen on validation accuracy "
         f"from {report['args']['learning_rates']}, every rate run on seeds "
-        f"{report['args']['tune_seeds'] or report['args']['seeds'][:2]}, the other seeds "
+        f"{report['args']['tune_seeds']}, the other seeds "
         "at the chosen rate. Paper (BERT-base, full data sampling, own test set) in the "
         "last column.",
         "",
@@ -349,6 +349,8 @@ def main(argv=None):
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     args.length = args.length or (256 if args.dataset == "imdb" else 128)
+    if args.tune_seeds is None:
+        args.tune_seeds = args.seeds[:2]
     command = "python examples/cat_few_shot.py " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
 
@@ -369,7 +371,6 @@ def main(argv=None):
             "summary": summarize(runs, args.dataset),
         }
 
-    tune_seeds = args.seeds[:2] if args.tune_seeds is None else args.tune_seeds
     rates = {str(lr): lr for lr in args.learning_rates}
 
     def cell(per_class, method, lr, seed):
@@ -383,7 +384,7 @@ def main(argv=None):
         """The whole grid on the tuning seeds, then the other seeds at each
         method's chosen rate (read lazily, after the tuning runs)."""
         for per_class in args.per_class:
-            for seed in [s for s in args.seeds if s in tune_seeds]:
+            for seed in [s for s in args.seeds if s in args.tune_seeds]:
                 for lr in args.learning_rates:
                     for method in args.methods:
                         yield cell(per_class, method, lr, seed)
@@ -391,8 +392,8 @@ def main(argv=None):
             for method in args.methods:
                 by_lr = runs.get(str(per_class), {}).get(method, {})
                 by_lr = {key: by_lr.get(key, {}) for key in rates}
-                chosen[method] = rates[choose_learning_rate(by_lr, seeds=tune_seeds)]
-            for seed in [s for s in args.seeds if s not in tune_seeds]:
+                chosen[method] = rates[choose_learning_rate(by_lr, seeds=args.tune_seeds)]
+            for seed in [s for s in args.seeds if s not in args.tune_seeds]:
                 for method in args.methods:
                     yield cell(per_class, method, chosen[method], seed)
 
