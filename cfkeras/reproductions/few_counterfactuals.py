@@ -5,7 +5,10 @@ The 1 707 CAD training originals plus the counterfactuals of k of them
 all): one `imdb_table3 --counterfactuals k` run a k (rows augmentation,
 control, + GS; originals only once, at the first k, as it does not depend
 on k), each with its own result files `<out>/imdb_table3_[<tag>_]k<k>.*`
-(resumable: finished runs are skipped), then the curves:
+(resumable: finished runs are skipped); k = all is the full table
+`<out>/imdb_table3[_<tag>].*` (`cfkeras-reproduce imdb` with the same tag,
+the same data and batches), run only if it lacks a row or seed. Then the
+curves:
 `<out>/imdb_few_counterfactuals[_<tag>].{json,md,png}` with mean ± std per
 row and column against k, and GS − control by seed (mean ± standard error,
 paired t-test, Holm over the primary columns) per k.
@@ -46,22 +49,42 @@ def parse_args(argv=None):
 
 
 def stem(args, k):
-    return "imdb_table3_" + (f"{args.tag}_" if args.tag else "") + f"k{k}"
+    """The result files of k: `imdb_table3_[<tag>_]k<k>`, and for k = all
+    those of the full table, `imdb_table3[_<tag>]` (`cfkeras-reproduce imdb`
+    with the same tag): with every counterfactual the training data and
+    batches are the full table's, so its runs are not repeated."""
+    base = "imdb_table3" + (f"_{args.tag}" if args.tag else "")
+    return base if k == "all" else f"{base}_k{k}"
+
+
+def finished(path, rows, seeds):
+    """Whether the report at `path` holds every row for every seed."""
+    if not path.exists():
+        return False
+    runs = json.loads(path.read_text()).get("runs", {})
+    return all(str(s) in runs.get(row, {}) for row in rows for s in seeds)
 
 
 def run(args, rest):
     """One `imdb_table3` run a k (each resumes from its own files: finished
-    runs are skipped)."""
+    runs are skipped; k = all reuses the full table when it holds the rows
+    for every seed)."""
+    seeds = imdb_table3.parse_args(rest).seeds
     for index, k in enumerate(args.counterfactuals):
         rows = list(ROWS) if index == 0 else list(ROWS[1:])
-        tag = stem(args, k)[len("imdb_table3_") :]
+        name = stem(args, k)
         print(f"=== k = {k} ({index + 1}/{len(args.counterfactuals)})", flush=True)
+        if k == "all" and finished(Path(args.out) / f"{name}.json", rows, seeds):
+            print(f"k = all: the full table {name}.json has these runs", flush=True)
+            continue
+        tag = name[len("imdb_table3_") :] if name != "imdb_table3" else None
+        argv = [*rest, "--out", args.out, "--rows", *rows]
+        argv += ["--tag", tag] if tag else []
+        argv += [] if k == "all" else ["--counterfactuals", k]
         program = harness.PROGRAM
         harness.PROGRAM = ["cfkeras-reproduce", "imdb"] if program else None
         try:
-            imdb_table3.main(
-                [*rest, "--out", args.out, "--tag", tag, "--counterfactuals", k, "--rows", *rows]
-            )
+            imdb_table3.main(argv)
         finally:
             harness.PROGRAM = program
 

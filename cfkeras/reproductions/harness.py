@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = (
     "seeds",
     "rows",
     "learning_rates",
+    "tune_seeds",
     "verbose",
     "log_dir",
     "replot",
@@ -122,6 +123,15 @@ def add_optimizer_arguments(parser, optimizer, learning_rates):
         nargs="+",
         default=list(learning_rates),
         help="grid of learning rates; each row's is chosen on validation",
+    )
+    parser.add_argument(
+        "--tune-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run the learning-rate grid on these seeds only (a subset of --seeds); "
+        "the other seeds run at each row's rate chosen on them (default: the grid on "
+        "every seed)",
     )
 
 
@@ -241,7 +251,9 @@ class Table:
         every finished run is kept in `<stem>.partial.json`; the same command
         (without `--restart`) resumes from it, or from the finished
         `<stem>.json`, skipping finished runs: more seeds, rows or rates can
-        be added to a finished report.
+        be added to a finished report. With `args.tune_seeds` (a subset of
+        the seeds), the grid runs on those seeds only and the other seeds
+        at each row's rate chosen on them (`tuning_seeds`).
         Returns the report.
         """
         extra = extra or {}
@@ -263,21 +275,43 @@ class Table:
         if previous.exists() and not getattr(args, "restart", False):
             done = resumable_runs(json.loads(previous.read_text()), args)
             print(f"resuming from {previous}: {sum(map(len, done.values()))} runs done", flush=True)
-        grid = run_grid(
-            args.seeds,
-            keys,
-            run_key,
-            lambda runs: partial.write_text(
-                json.dumps(self.report(args, argv, start, runs, **extra), indent=2)
-            ),
-            on_result=None
-            if on_result is None
-            else lambda key, seed, result, trainer: on_result(
-                split_key(key)[0], seed, result, trainer
-            ),
-            describe=f", length {args.sequence_length}" if hasattr(args, "sequence_length") else "",
-            done=done,
-        )
+        tune = tuning_seeds(args)
+
+        def grid_over(seeds, grid_keys, done):
+            return run_grid(
+                seeds,
+                grid_keys,
+                run_key,
+                lambda runs: partial.write_text(
+                    json.dumps(self.report(args, argv, start, runs, **extra), indent=2)
+                ),
+                on_result=None
+                if on_result is None
+                else lambda key, seed, result, trainer: on_result(
+                    split_key(key)[0], seed, result, trainer
+                ),
+                describe=(
+                    f", length {args.sequence_length}" if hasattr(args, "sequence_length") else ""
+                ),
+                done=done,
+            )
+
+        if tune is None:
+            grid = grid_over(args.seeds, keys, done)
+        else:
+            # The grid on the tuning seeds, then the other seeds at each
+            # row's rate chosen on those seeds alone.
+            print(f"learning-rate grid on the tuning seeds {tune}", flush=True)
+            grid = grid_over(tune, keys, done)
+            tuned = {
+                key: {str(s): grid[key][str(s)] for s in tune if str(s) in grid.get(key, {})}
+                for key in keys
+            }
+            _, chosen = self.choose(tuned, tune)
+            rest = [s for s in args.seeds if s not in tune]
+            chosen_keys = [grid_key(row, chosen[row]) for row in args.rows if row in chosen]
+            print(f"chosen on seeds {tune}: {chosen}; now seeds {rest}", flush=True)
+            grid = grid_over(rest, chosen_keys, grid)
         report = self.report(args, argv, start, grid, **extra)
         path = out / f"{stem}.json"
         path.write_text(json.dumps(report, indent=2))
@@ -630,6 +664,23 @@ class Table:
         fig.tight_layout()
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
+
+
+def tuning_seeds(args):
+    """The seeds of the learning-rate grid when it runs on a subset of the
+    seeds (`--tune-seeds`), else None (the grid on every seed).
+
+    Raises:
+        ValueError: a tuning seed is not among `--seeds`.
+    """
+    tune = getattr(args, "tune_seeds", None)
+    rates = getattr(args, "learning_rates", None) or []
+    if not tune or len(rates) < 2:
+        return None
+    missing = sorted(set(tune) - set(args.seeds))
+    if missing:
+        raise ValueError(f"--tune-seeds {missing} are not among --seeds {args.seeds}.")
+    return [s for s in args.seeds if s in tune]
 
 
 def resumable_runs(partial, args):

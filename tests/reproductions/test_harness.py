@@ -164,3 +164,30 @@ def test_console_entry_point_dispatches_to_the_reproductions(monkeypatch, capsys
     assert harness.PROGRAM is None
     assert cli.main(["--help"]) == 0 and "imdb-few" in capsys.readouterr().out
     assert cli.main(["digits"]) == 2
+
+
+def test_the_grid_runs_on_the_tuning_seeds_and_the_other_seeds_at_the_chosen_rate(tmp_path):
+    args = args_for(tmp_path, seeds=[0, 1, 2, 3], tune_seeds=[1, 0])
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        TABLE.run(args, [], "fake", fake_run(calls, fail_after=9), render, 0.0)
+    # The whole grid on seeds 0 and 1 first (8 runs), then seed 2 at the chosen rates.
+    assert sorted(calls[:8]) == sorted(
+        (row, seed, rate) for row in ("control", "gs") for seed in (0, 1) for rate in (1.0, 3.0)
+    )
+    assert calls[8] == ("control", 2, 1.0)
+    again = []
+    report = TABLE.run(args, [], "fake", fake_run(again), render, 0.0)
+    assert again == [("gs", 2, 3.0), ("control", 3, 1.0), ("gs", 3, 3.0)]
+    assert report["chosen_learning_rate"] == {"control": 1.0, "gs": 3.0}
+    assert set(report["runs"]["gs"]) == {"0", "1", "2", "3"}
+    assert set(report["grid"]["gs@lr=1"]) == {"0", "1"}
+    assert set(report["differences"]["gs"]["columns"]["test"]["by_seed"]) == {"0", "1", "2", "3"}
+
+
+def test_tuning_seeds_must_be_among_the_seeds(tmp_path):
+    args = args_for(tmp_path, tune_seeds=[0, 7])
+    with pytest.raises(ValueError, match=r"--tune-seeds \[7\] are not among --seeds"):
+        TABLE.run(args, [], "fake", fake_run([]), render, 0.0)
+    # One rate: nothing to tune, every seed runs it.
+    assert harness.tuning_seeds(args_for(tmp_path, tune_seeds=[0], learning_rates=[1.0])) is None
