@@ -3,6 +3,7 @@
     cfkeras-reproduce imdb --seeds 0 1 2 3 4
     cfkeras-reproduce snli --seeds 0 1 2 3 4 --rows augmentation control gs
     cfkeras-reproduce imdb-few --counterfactuals 50 200 800 all --seeds 0 1 2 3 4
+    cfkeras-reproduce summary --results results --out results/evidence_summary
 
 Every command takes the arguments of its module (`cfkeras-reproduce imdb
 --help`), prints a progress bar over its runs with an estimate of the time
@@ -20,6 +21,10 @@ COMMANDS = {
     "imdb-few": (
         "cfkeras.reproductions.few_counterfactuals",
         "IMDb: few counterfactuals, many originals (curves against k)",
+    ),
+    "summary": (
+        "cfkeras.reproductions.summary",
+        "every committed GS − control comparison in one table and forest plot",
     ),
 }
 

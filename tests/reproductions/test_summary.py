@@ -1,0 +1,72 @@
+"""`cfkeras-reproduce summary`: every GS − control difference of the
+committed reports in one table, without training."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cfkeras.reproductions import summary
+
+
+def table_report(differences):
+    return {"command": "cfkeras-reproduce imdb ...", "differences": differences}
+
+
+def cell(by_seed, p_holm=None):
+    d = np.asarray(by_seed, np.float64)
+    out = {
+        "by_seed": {str(s): v for s, v in enumerate(by_seed)},
+        "n": len(d),
+        "mean": float(d.mean()),
+        "se": float(d.std(ddof=1) / np.sqrt(len(d))),
+        "p": 0.5,
+    }
+    if p_holm is not None:
+        out["p_holm"] = p_holm
+    return out
+
+
+def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
+    imdb = {
+        "gs": {
+            "control": "control",
+            "columns": {
+                "test_edited": cell([1.0, 2.0, 3.0], p_holm=0.01),
+                "amazon": cell([-1.0, 0.0, 1.0], p_holm=1.0),
+                "validation": cell([0.0, 0.0, 1.0]),  # not a primary column: left out
+            },
+        },
+        "gs_random_logit": {"control": "control_random_any", "columns": {}},  # not reported
+    }
+    (tmp_path / "imdb_table3_evidence.json").write_text(json.dumps(table_report(imdb)))
+    digits = {
+        "command": "python examples/reproduce_digits_table2.py",
+        "runs": {
+            row: {
+                str(s): {"scores": {"test_edited": base(s), "test_hard_edited": base(s)}}
+                for s in range(3)
+            }
+            for row, base in (
+                ("augmentation", lambda s: 0.5),
+                ("gs_sum", lambda s: 0.51 + 0.01 * s),  # +1, +2, +3 points: p 0.074
+            )
+        },
+    }
+    (tmp_path / "digits_table2.json").write_text(json.dumps(digits))
+    out = tmp_path / "out" / "evidence_summary"
+    report = summary.main(["--results", str(tmp_path), "--out", str(out)])
+
+    assert "snli_table3_evidence.json" in report["missing"]
+    imdb_entries = [e for e in report["entries"] if e["source"] == "imdb_table3_evidence.json"]
+    assert [e["column"] for e in imdb_entries] == ["test_edited", "amazon"]
+    first = imdb_entries[0]
+    # mean 2, s.e. 1/sqrt(3), t(0.975, 2) = 4.3027
+    half = 4.302653 / np.sqrt(3)
+    assert first["ci95"] == pytest.approx([2.0 - half, 2.0 + half], rel=1e-5)
+    # The digits' differences are computed from the runs: +2 points on both columns.
+    digit_entries = [e for e in report["entries"] if e["source"] == "digits_table2.json"]
+    assert [e["mean"] for e in digit_entries] == pytest.approx([2.0, 2.0])
+    assert report["verdict"] == {"differences": 4, "significant_gain": 1, "significant_loss": 0}
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "1 in favour of GS, 0 against it" in out.with_suffix(".md").read_text()
