@@ -270,11 +270,14 @@ class Table:
                 return run_one(row, seed, learning_rate=rate)
         else:
             keys, run_key = list(args.rows), run_one
-        done = {}
+        done, history = {}, []
         previous = partial if partial.exists() else out / f"{stem}.json"
         if previous.exists() and not getattr(args, "restart", False):
-            done = resumable_runs(json.loads(previous.read_text()), args)
+            previous_report = json.loads(previous.read_text())
+            done = resumable_runs(previous_report, args)
+            history = command_history(previous_report)
             print(f"resuming from {previous}: {sum(map(len, done.values()))} runs done", flush=True)
+        extra = {**extra, "history": history}
         tune = tuning_seeds(args)
 
         def grid_over(seeds, grid_keys, done):
@@ -429,11 +432,16 @@ class Table:
             }
         return out
 
-    def report(self, args, argv, start, grid, **extra):
-        """The JSON report: command, machine, arguments, every run of the
-        grid, the chosen runs, summary, curves, convergence, differences."""
+    def report(self, args, argv, start, grid, history=(), **extra):
+        """The JSON report: command (and `commands`: every command whose runs
+        it holds, `history` then this one), machine, arguments, every run of
+        the grid, the chosen runs, summary, curves, convergence,
+        differences."""
         program = PROGRAM or ["python", sys.argv[0]]
         command = [*program, *(sys.argv[1:] if argv is None else argv)]
+        commands = list(history)
+        if " ".join(command) not in commands:
+            commands.append(" ".join(command))
         runs, chosen = self.choose(grid, args.seeds)
         epochs = getattr(args, "epochs", None) or max(
             [r["best_epoch"] for by_seed in runs.values() for r in by_seed.values()] or [1]
@@ -453,6 +461,7 @@ class Table:
             "convergence": self.convergence(runs, epochs),
             "differences": self.differences(runs),
             "primary": list(self.primary),
+            "commands": commands,
         }
         return report
 
@@ -467,8 +476,9 @@ class Table:
         lines = [
             f"# {heading}",
             "",
-            f"Command: `{report['command']}`  ",
-            f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min.",
+            *command_lines(report),
+            f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
+            "(of the last command).",
             "",
             *preamble,
             "",
@@ -664,6 +674,23 @@ class Table:
         fig.tight_layout()
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
+
+
+def command_history(report):
+    """The commands whose runs a report holds: its `commands`, or its one
+    `command` (reports written before `commands` existed)."""
+    if report.get("commands"):
+        return list(report["commands"])
+    return [report["command"]] if report.get("command") else []
+
+
+def command_lines(report):
+    """The Markdown lines naming the command(s) whose runs a report holds."""
+    commands = report.get("commands") or [report["command"]]
+    if len(commands) == 1:
+        return [f"Command: `{commands[0]}`  "]
+    lines = ["Commands (in order; each resumed the report of the previous ones):", "", "```"]
+    return [*lines, *commands, "```", ""]
 
 
 def tuning_seeds(args):

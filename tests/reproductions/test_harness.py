@@ -191,3 +191,22 @@ def test_tuning_seeds_must_be_among_the_seeds(tmp_path):
         TABLE.run(args, [], "fake", fake_run([]), render, 0.0)
     # One rate: nothing to tune, every seed runs it.
     assert harness.tuning_seeds(args_for(tmp_path, tune_seeds=[0], learning_rates=[1.0])) is None
+
+
+def test_an_extended_report_names_every_command_whose_runs_it_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "PROGRAM", ["cfkeras-reproduce", "fake"])
+    first = ["--seeds", "0"]
+    TABLE.run(args_for(tmp_path, seeds=[0]), first, "fake", fake_run([]), render, 0.0)
+    second = ["--seeds", "0", "1"]
+    report = TABLE.run(args_for(tmp_path, seeds=[0, 1]), second, "fake", fake_run([]), render, 0)
+    assert report["command"] == "cfkeras-reproduce fake --seeds 0 1"
+    assert report["commands"] == [
+        "cfkeras-reproduce fake --seeds 0",
+        "cfkeras-reproduce fake --seeds 0 1",
+    ]
+    # The same command again adds nothing; a report of before `commands` starts from its command.
+    report = TABLE.run(args_for(tmp_path, seeds=[0, 1]), second, "fake", fake_run([]), render, 0)
+    assert len(report["commands"]) == 2
+    assert harness.command_history({"command": "old"}) == ["old"]
+    markdown = TABLE.markdown(report, "fake")
+    assert "cfkeras-reproduce fake --seeds 0\n" in markdown
