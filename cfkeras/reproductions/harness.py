@@ -526,6 +526,9 @@ class Table:
                 else f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
                 "of the epochs for most seeds."
             )
+            tune = report.get("args", {}).get("tune_seeds")
+            if tune and len(grid) > 1:
+                selection = f"mean over the tuning seeds {tune}; the other seeds ran at that rate"
             lines += [
                 "",
                 f"Learning rate of every row chosen on validation ({selection}) from {grid}. "

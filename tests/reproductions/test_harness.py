@@ -183,6 +183,7 @@ def test_the_grid_runs_on_the_tuning_seeds_and_the_other_seeds_at_the_chosen_rat
     assert set(report["runs"]["gs"]) == {"0", "1", "2", "3"}
     assert set(report["grid"]["gs@lr=1"]) == {"0", "1"}
     assert set(report["differences"]["gs"]["columns"]["test"]["by_seed"]) == {"0", "1", "2", "3"}
+    assert "mean over the tuning seeds [1, 0]" in (tmp_path / "fake.md").read_text()
 
 
 def test_tuning_seeds_must_be_among_the_seeds(tmp_path):
