@@ -523,8 +523,8 @@ class Table:
                 "Flagged in bold: a run whose best epoch lies in the last "
                 f"{100 * LATE_SHARE:.0f} % of the epochs it ran."
                 if early
-                else f"**not converged**: the best epoch lies in the last {100 * LATE_SHARE:.0f} % "
-                "of the epochs for most seeds."
+                else "A row flagged **not converged** has its best epoch in the last "
+                f"{100 * LATE_SHARE:.0f} % of the epochs for most seeds."
             )
             tune = report.get("args", {}).get("tune_seeds")
             if tune and len(grid) > 1:
