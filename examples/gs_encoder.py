@@ -1,4 +1,4 @@
-"""GS vs augmentation on all-MiniLM-L6-v2, with the CAD pairs: frozen or fine-tuned.
+r"""GS vs augmentation on all-MiniLM-L6-v2, with the CAD pairs: frozen or fine-tuned.
 
 Two rows on the *same pair batches*, from the same initial weights and seeds:
 
@@ -56,27 +56,33 @@ IMDb, the revised test sets for SNLI). Every finished run is kept in
 `gs_encoder_<mode>_<dataset>[_<tag>]`.
 
 Budget of the fine-tuned modes (measured; every command <= 2 h on one core).
-Measured with
+Measured with two short runs of
 
     taskset -c 1 python examples/gs_encoder.py --mode upper --dataset imdb --pairs 100 \
         --seeds 0 1 --epochs 2 --length 128 --learning-rates 1e-4 --gs-weights 1 \
         --ood-dir ../shared/data/ood --out /tmp/measure --verbose 2
 
+(`--seeds 0`, then `--seeds 0 1`; each run records `step_seconds`, the
+median step after the first, `first_step_seconds` and `train_seconds`)
 on core 1 shared with another training job (load average ~3 on 2 cores):
 caching 6,380 IMDb texts (train, dev, test, 3 x 500 OOD) through layers 0-3
 at 128 tokens took 150 s (once); a training step of 8 pairs (16 texts) x 128
-tokens took 0.52-1.01 s (median of a run; control 0.73, 1.01, 0.67 s; GS
+tokens took 0.37-1.01 s (median of a run; control 0.73, 1.01, 0.67 s; GS
 0.37, 0.62, 0.52 s: the GS term adds only a second-order pass through the
 head, lost in the noise of the shared core); the first step (XLA compile)
 10-20 s; validation on the 490 dev texts ~16 s an epoch; evaluating the 2,476
 test and OOD texts ~40 s; a whole run of 2 epochs on 100 pairs 100-110 s.
-FULL_MEASURE
+`full`, the same command with `--mode full --seeds 0 --epochs 1
+--learning-rates 5e-5`: a step 1.50 s (control) and 1.98 s (GS), the first
+step 24 s and 41 s, an epoch's validation ~40 s, a run's model loading and
+evaluation ~145 s.
 Hence the defaults (`upper`: 8 epochs, learning rates {1e-4, 3e-5}, λ {1};
 `full`: 6 epochs, learning rate {5e-5}, λ {1}; both: 8 pairs a batch, 100
 pairs, IMDb 128 tokens and SNLI 80): λ = 1 is the value the frozen mode chose
 on both datasets over 10. 87 % of the IMDb training reviews are longer than
 128 tokens (median 199): the fine-tuned modes read their first 128 (the
-frozen mode 256). The longest SNLI CAD input is 78 tokens: 80 cuts nothing.
+frozen mode 256). The longest SNLI CAD input (premise and hypothesis packed)
+is 78 MiniLM tokens: 80 cuts nothing.
 Estimates, on such a shared core:
 
 | command | runs | estimate |
@@ -85,13 +91,29 @@ Estimates, on such a shared core:
 | upper, SNLI, 100 pairs (defaults) | 20 | 85 min (+3 min caching) |
 | upper, IMDb, all 1,707 pairs, 3 epochs, one rate | 10 | 95 min |
 | upper, SNLI, all 6,664 pairs, 2 epochs, one rate | 10 | 140 min: two commands |
-| full, IMDb, 100 pairs (defaults) | 10 | FULL_IMDB |
-| full, SNLI, 100 pairs (defaults) | 10 | FULL_SNLI |
+| full, IMDb, 100 pairs (defaults) | 10 | 90 min |
+| full, SNLI, 100 pairs (defaults) | 10 | 85 min |
 
-Usage:
-  python examples/gs_encoder.py --dataset imdb --pairs all 100 --seeds 0 1 2 3 4
+Usage (IMDb's OOD sets from `--ood-dir`; `<rate>`: the learning rate the
+100-pair run of the same mode and dataset chose, in its report):
+
+  python examples/gs_encoder.py --dataset imdb --pairs all 100 --seeds 0 1 2 3 4 \
+      --ood-dir ../shared/data/ood
   python examples/gs_encoder.py --mode upper --dataset imdb --ood-dir ../shared/data/ood
+  python examples/gs_encoder.py --mode upper --dataset snli
+  python examples/gs_encoder.py --mode upper --dataset imdb --pairs all --epochs 3 \
+      --learning-rates <rate> --tag all --ood-dir ../shared/data/ood
+  python examples/gs_encoder.py --mode full --dataset imdb --ood-dir ../shared/data/ood
   python examples/gs_encoder.py --mode full --dataset snli
+
+SNLI with all pairs in two commands of ~85 and ~55 min (the second resumes
+from the first's report):
+
+  python examples/gs_encoder.py --mode upper --dataset snli --pairs all --epochs 2 \
+      --learning-rates <rate> --tag all --seeds 0 1 2
+  cp results/gs_encoder_upper_snli_all.json results/gs_encoder_upper_snli_all.partial.json
+  python examples/gs_encoder.py --mode upper --dataset snli --pairs all --epochs 2 \
+      --learning-rates <rate> --tag all
 """
 
 import argparse
@@ -462,8 +484,9 @@ def summarize(runs, dataset, seeds):
 def render(report):
     dataset = report["args"]["dataset"]
     columns = COLUMNS[dataset]
+    title = TITLES[report["args"].get("mode", "frozen")]
     lines = [
-        f"# GS vs augmentation on {TITLES[report['args']['mode']]}, {dataset.upper()} CAD pairs",
+        f"# GS vs augmentation on {title}, {dataset.upper()} CAD pairs",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
@@ -526,7 +549,11 @@ def main(argv=None):
     parser.add_argument("--ood-size", type=int, default=500)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--ood-dir", default=None)
-    parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/cfkeras/frozen"))
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.expanduser("~/.cache/cfkeras/frozen"),
+        help="pooled vectors (frozen) and hidden states (upper), by content",
+    )
     parser.add_argument("--out", default="results")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--verbose", type=int, default=0)
