@@ -306,11 +306,7 @@ class Table:
             # row's rate chosen on those seeds alone.
             print(f"learning-rate grid on the tuning seeds {tune}", flush=True)
             grid = grid_over(tune, keys, done)
-            tuned = {
-                key: {str(s): grid[key][str(s)] for s in tune if str(s) in grid.get(key, {})}
-                for key in keys
-            }
-            _, chosen = self.choose(tuned, tune)
+            _, chosen = self.choose(grid, tune, tune=tune)
             rest = [s for s in args.seeds if s not in tune]
             chosen_keys = [grid_key(row, chosen[row]) for row in args.rows if row in chosen]
             print(f"chosen on seeds {tune}: {chosen}; now seeds {rest}", flush=True)
@@ -325,10 +321,21 @@ class Table:
 
     # === The report ===
 
-    def choose(self, grid, seeds):
+    def choose(self, grid, seeds, tune=None):
         """`(runs, chosen)`: per row, the runs of the learning rate with the
         best mean validation accuracy over the seeds it has all of (the
-        first such rate on ties), and that rate (None without a grid)."""
+        first such rate on ties), and that rate (None without a grid).
+        With `tune` (the tuning seeds), the rate is chosen on those seeds
+        alone, among the rates that have all of them; its runs on every
+        seed are returned."""
+        if tune:
+            tuned = {
+                key: {str(s): by_seed[str(s)] for s in tune if str(s) in by_seed}
+                for key, by_seed in grid.items()
+            }
+            _, chosen = self.choose(tuned, tune)
+            runs = {row: grid[grid_key(row, rate)] for row, rate in chosen.items()}
+            return runs, chosen
         runs, chosen = {}, {}
         candidates = {}
         for key, by_seed in grid.items():
@@ -442,7 +449,7 @@ class Table:
         commands = list(history)
         if " ".join(command) not in commands:
             commands.append(" ".join(command))
-        runs, chosen = self.choose(grid, args.seeds)
+        runs, chosen = self.choose(grid, args.seeds, tune=tuning_seeds(args))
         epochs = getattr(args, "epochs", None) or max(
             [r["best_epoch"] for by_seed in runs.values() for r in by_seed.values()] or [1]
         )

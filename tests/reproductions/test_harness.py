@@ -211,3 +211,19 @@ def test_an_extended_report_names_every_command_whose_runs_it_holds(tmp_path, mo
     assert harness.command_history({"command": "old"}) == ["old"]
     markdown = TABLE.markdown(report, "fake")
     assert "cfkeras-reproduce fake --seeds 0\n" in markdown
+
+
+def test_with_tuning_seeds_the_rate_is_chosen_on_them_alone():
+    def run(validation):
+        return {"scores": {"validation": validation, "test": 0.5}, "best_epoch": 1}
+
+    # Seeds 0 and 1 prefer rate 1; seed 2 prefers rate 3 so much that the mean
+    # over all three seeds would pick 3.
+    grid = {
+        "gs@lr=1": {"0": run(0.60), "1": run(0.60), "2": run(0.10)},
+        "gs@lr=3": {"0": run(0.55), "1": run(0.55), "2": run(0.90)},
+    }
+    assert TABLE.choose(grid, [0, 1, 2])[1] == {"gs": 3.0}
+    runs, chosen = TABLE.choose(grid, [0, 1, 2], tune=[0, 1])
+    assert chosen == {"gs": 1.0}
+    assert runs["gs"] is grid["gs@lr=1"] and set(runs["gs"]) == {"0", "1", "2"}
