@@ -205,7 +205,9 @@ def plot(report, path):
     entries = report["entries"]
     if not entries:
         return
-    labels = [f"{e['dataset']} · {e['setting']} · {e['comparison']} · {e['column']}" for e in entries]
+    labels = [
+        f"{e['dataset']} · {e['setting']} · {e['comparison']} · {e['column']}" for e in entries
+    ]
     ys = np.arange(len(entries))[::-1]
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(entries) + 1.2))
     for y, e in zip(ys, entries):
@@ -218,7 +220,9 @@ def plot(report, path):
     ax.axvline(0.0, color="grey", linewidth=0.8)
     ax.set_yticks(ys, labels, fontsize=7)
     ax.set_xlabel("+ GS − control, points (mean and 95 % interval over seeds)")
-    ax.set_title("Green / red: significant gain / loss after Holm; black: not significant", fontsize=9)
+    ax.set_title(
+        "Green / red: significant gain / loss after Holm; black: not significant", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
