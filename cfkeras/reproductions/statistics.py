@@ -26,8 +26,11 @@ def paired_differences(treatment, control, primary=(), alpha=0.05, scale=100.0):
     Holm over the `m` primary columns with a p-value, sorted by p
     ascending: `p_holm_(i) = max_{k <= i} min(1, (m - k + 1) p_(k))`; a
     column is significant when its (Holm-corrected, if primary) p is below
-    `alpha`. With one seed, or no variation, there is no test (`p` None),
-    except a constant non-zero difference (`p = 0`).
+    `alpha`. With one seed, or no variation, there is no test (`p` None):
+    a constant difference over a few seeds (scores are counts over a few
+    hundred examples, so two seeds can tie exactly) is no evidence of
+    certainty, and t is undefined (se = 0); such a column is left out of
+    the Holm family.
 
     Args:
         treatment: `{column: {seed: score}}` of the treatment row.
@@ -55,11 +58,11 @@ def paired_differences(treatment, control, primary=(), alpha=0.05, scale=100.0):
         if n > 1:
             sd = float(d.std(ddof=1))
             se = sd / math.sqrt(n)
-            if sd > 0:
+            # Round-off between two equal counts (e.g. 419/490 − 415/490 on
+            # two seeds) can leave sd ~1e-15 instead of 0: that is no variation.
+            if sd > 1e-9 * max(1.0, abs(mean)):
                 t = mean / se
                 p = float(2 * stats.t.sf(abs(t), n - 1))
-            elif mean != 0:
-                p = 0.0
         out[column] = {
             "by_seed": {str(s): float(v) for s, v in zip(seeds, d)},
             "n": n,

@@ -50,6 +50,24 @@ def test_matches_scipy_paired_t_test_and_holm_by_hand():
     assert out["validation"]["p"] is None and "p_holm" not in out["validation"]
 
 
+def test_a_constant_difference_gets_no_test():
+    # Two seeds whose differences tie exactly (counts over few examples):
+    # t is undefined, so no p, no significance, and no place in the Holm family.
+    out = paired_differences(
+        {"a": {"0": 0.5, "1": 0.6}, "b": scores([0.5, 0.7, 0.6])},
+        {"a": {"0": 0.4, "1": 0.5}, "b": scores([0.4, 0.5, 0.6])},
+        primary=("a", "b"),
+    )
+    assert out["a"]["mean"] == pytest.approx(10.0) and out["a"]["se"] == pytest.approx(0.0)
+    assert out["a"]["p"] is None and not out["a"]["significant"] and "p_holm" not in out["a"]
+    assert out["b"]["p_holm"] == pytest.approx(out["b"]["p"])
+    # The same with round-off (sd 8e-15, not 0): 3 of 490 more right on each seed.
+    treatment = {"a": {"0": 300 / 490, "1": 301 / 490}}
+    control = {"a": {"0": 297 / 490, "1": 298 / 490}}
+    out = paired_differences(treatment, control, primary=("a",))
+    assert out["a"]["p"] is None and not out["a"]["significant"]
+
+
 def test_one_seed_gives_the_difference_without_a_test():
     out = paired_differences({"a": {"0": 0.5}}, {"a": {"0": 0.4}}, primary=("a",))
     assert out["a"]["mean"] == pytest.approx(10.0)
