@@ -53,7 +53,7 @@ import tensorflow as tf
 import cfkeras
 from cfkeras import encoders
 from cfkeras.models.counterfactual_adversarial import default_mix_layers
-from cfkeras.reproductions.harness import machine_description, run_nested
+from cfkeras.reproductions.harness import command_lines, machine_description, run_nested
 
 METHODS = ("erm", "cat_star", "cat")
 LABELS = {"erm": "ERM", "cat_star": "CAT* (no CAL)", "cat": "CAT"}
@@ -283,7 +283,7 @@ def render(report):
         f"# CAT few-shot on {dataset.upper()} (CAD originals), all-MiniLM-L6-v2, "
         f"{report['args']['mode']} mode",
         "",
-        f"Command: `{report['command']}`  ",
+        *command_lines(report),
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
         "(this invocation).",
         "",

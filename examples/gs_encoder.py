@@ -131,7 +131,7 @@ import tensorflow as tf
 
 import cfkeras
 from cfkeras import encoders
-from cfkeras.reproductions.harness import machine_description, run_nested
+from cfkeras.reproductions.harness import command_lines, machine_description, run_nested
 
 ROWS = ("control", "gs")
 COLUMNS = {
@@ -488,7 +488,7 @@ def render(report):
     lines = [
         f"# GS vs augmentation on {title}, {dataset.upper()} CAD pairs",
         "",
-        f"Command: `{report['command']}`  ",
+        *command_lines(report),
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
         "(this invocation).",
         "",

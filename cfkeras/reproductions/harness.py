@@ -60,11 +60,27 @@ def run_nested(out, stem, grid, make_report, render):
     After each run the partial file is rewritten with `make_report(runs)`;
     at the end `<stem>.json` and `<stem>.md` (`render(report)`) are written
     and the partial file removed. Returns the final report.
+
+    A report with a `command` also gets `commands`: the commands of the
+    partial file it resumed, then its own (when it differs from the last),
+    so that a grid finished by several invocations names them all
+    (`command_lines`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / f"{stem}.partial.json"
-    runs = json.loads(partial.read_text())["runs"] if partial.is_file() else {}
+    previous = json.loads(partial.read_text()) if partial.is_file() else {}
+    runs, history = previous.get("runs", {}), command_history(previous)
+
+    def make_report_with_history(runs):
+        report = make_report(runs)
+        if report.get("command"):
+            commands = list(history)
+            if not commands or commands[-1] != report["command"]:
+                commands.append(report["command"])
+            report["commands"] = commands
+        return report
+
     if callable(grid):
         grid = grid(runs)
     total = f"/{len(grid)}" if hasattr(grid, "__len__") else ""
@@ -78,8 +94,8 @@ def run_nested(out, stem, grid, make_report, render):
         cell[keys[-1]] = run()
         scores = {c: round(v, 4) for c, v in cell[keys[-1]]["scores"].items()}
         print(json.dumps(scores), flush=True)
-        partial.write_text(json.dumps(make_report(runs), indent=2))
-    final = make_report(runs)
+        partial.write_text(json.dumps(make_report_with_history(runs), indent=2))
+    final = make_report_with_history(runs)
     (out / f"{stem}.json").write_text(json.dumps(final, indent=2) + "\n")
     (out / f"{stem}.md").write_text(render(final))
     partial.unlink(missing_ok=True)
@@ -696,7 +712,7 @@ def command_history(report):
 
 def command_lines(report):
     """The Markdown lines naming the command(s) whose runs a report holds."""
-    commands = report.get("commands") or [report["command"]]
+    commands = command_history(report)
     if len(commands) == 1:
         return [f"Command: `{commands[0]}`  "]
     lines = ["Commands (in order; each resumed the report of the previous ones):", "", "```"]

@@ -48,8 +48,10 @@ def test_run_nested_reads_a_lazy_grid_after_the_runs_it_depends_on_and_resumes(t
         best = max(runs, key=lambda k: runs[k]["1"]["scores"]["validation"])
         yield (best, "2"), f"{best} again", run(f"{best}2", None if fail else 0.5)
 
+    command = ["first"]
+
     def report(runs):
-        return {"runs": runs}
+        return {"runs": runs, "command": command[0]}
 
     with pytest.raises(RuntimeError, match="interrupted"):
         run_nested(tmp_path, "s", lambda runs: grid(runs, fail=True), report, json.dumps)
@@ -58,8 +60,11 @@ def test_run_nested_reads_a_lazy_grid_after_the_runs_it_depends_on_and_resumes(t
         "a": {"1": {"scores": {"validation": 0.2}}},
         "b": {"1": {"scores": {"validation": 0.8}}},
     }
+    command[0] = "second"
     final = run_nested(tmp_path, "s", grid, report, json.dumps)
     assert calls == ["a", "b", "b2", "b2"]  # a and b were not run again
+    # The report names both invocations whose runs it holds.
+    assert final["commands"] == ["first", "second"]
     assert final["runs"]["b"]["2"] == {"scores": {"validation": 0.5}}
     assert not (tmp_path / "s.partial.json").exists()
 
