@@ -710,6 +710,17 @@ def command_history(report):
     return [report["command"]] if report.get("command") else []
 
 
+def seeds_text(report):
+    """The seeds a report's table is over, from its runs (not from the last
+    command's `--seeds`, which may have extended only some rows): "0, 1, 2",
+    and the rows with fewer seeds named with theirs."""
+    by_row = {row: sorted(by_seed, key=int) for row, by_seed in report["runs"].items()}
+    every = sorted({s for seeds in by_row.values() for s in seeds}, key=int)
+    text = ", ".join(every)
+    fewer = [f"{row}: {', '.join(seeds)}" for row, seeds in by_row.items() if seeds != every]
+    return text + (f" (fewer for {'; '.join(fewer)})" if fewer else "")
+
+
 def command_lines(report):
     """The Markdown lines naming the command(s) whose runs a report holds."""
     commands = command_history(report)

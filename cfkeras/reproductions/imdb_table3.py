@@ -93,6 +93,7 @@ from cfkeras.reproductions.harness import (
     history_record,
     make_optimizer,
     replot,
+    seeds_text,
     unpaired,
 )
 from cfkeras.selection import BestEpochWeights
@@ -384,7 +385,7 @@ def render(report):
         f"IMDb, Table 3 of Teney et al. (2020) — sequence length {length}{few}",
         preamble=[
             "Accuracy (%), mean ± std over seeds "
-            f"{args['seeds']}; the paper's number in brackets. Ensembles of {args['members']} "
+            f"{seeds_text(report)}; the paper's number in brackets. Ensembles of {args['members']} "
             "members averaging logits, weights of the epoch of best validation accuracy; "
             f"{args.get('optimizer', 'adadelta')}, {args['epochs']} epochs, "
             f"{args.get('pairs_per_batch', 16)} pairs a batch, λ = {args['gs_weight']}, "

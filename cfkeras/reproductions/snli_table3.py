@@ -88,6 +88,7 @@ from cfkeras.reproductions.harness import (
     history_record,
     make_optimizer,
     replot,
+    seeds_text,
     unpaired,
 )
 from cfkeras.selection import BestEpochWeights
@@ -424,7 +425,7 @@ def render(report):
         f"SNLI, Table 3 of Teney et al. (2020) — sequence length {length}, {args['output']} output",
         preamble=[
             "Accuracy (%), mean ± std over seeds "
-            f"{args['seeds']}; the paper's number in brackets. Ensembles of {args['members']} "
+            f"{seeds_text(report)}; the paper's number in brackets. Ensembles of {args['members']} "
             f"members averaging logits (hidden units {args['hidden_units']}), "
             "weights of the epoch of best validation accuracy; "
             f"{args.get('optimizer', 'adadelta')}, {args['epochs']} epochs, "

@@ -227,3 +227,19 @@ def test_with_tuning_seeds_the_rate_is_chosen_on_them_alone():
     runs, chosen = TABLE.choose(grid, [0, 1, 2], tune=[0, 1])
     assert chosen == {"gs": 1.0}
     assert runs["gs"] is grid["gs@lr=1"] and set(runs["gs"]) == {"0", "1", "2"}
+
+
+def test_seeds_text_reads_the_seeds_from_the_runs_not_the_last_command():
+    # A last command that extended one row on seeds 0-2 must not make the
+    # table claim seeds 0-2 for rows that have 0-4.
+    report = {
+        "runs": {
+            "control": {str(s): {} for s in range(5)},
+            "gs": {str(s): {} for s in range(5)},
+            "gs_random_logit": {str(s): {} for s in range(3)},
+        },
+        "args": {"seeds": [0, 1, 2]},
+    }
+    assert harness.seeds_text(report) == "0, 1, 2, 3, 4 (fewer for gs_random_logit: 0, 1, 2)"
+    del report["runs"]["gs_random_logit"]
+    assert harness.seeds_text(report) == "0, 1, 2, 3, 4"
