@@ -114,8 +114,12 @@ def collect(args):
             "train_pairs_k": k,
         }
     first = next(iter(reports.values()))
+    commands = []
+    for report in reports.values():
+        commands += [c for c in harness.command_history(report) if c not in commands]
     return {
         "command": first["command"],
+        "commands": commands,
         "machine": first["machine"],
         "counterfactuals": list(reports),
         "primary": list(imdb_table3.PRIMARY),
@@ -130,7 +134,7 @@ def render(report):
     lines = [
         "# IMDb: few counterfactuals, many originals",
         "",
-        f"First k's command: `{report['command']}`  ",
+        *harness.command_lines(report),
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
         "(sum over k).",
         "",

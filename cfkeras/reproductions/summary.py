@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cfkeras.reproductions import harness
 from cfkeras.reproductions.statistics import paired_differences
 
 # (file, dataset label, model label): the reports made by `Table.run`
@@ -93,7 +94,7 @@ def collect(results):
             missing.append(name)
             return None
         report = json.loads(path.read_text())
-        sources.append({"file": name, "command": report.get("command")})
+        sources.append({"file": name, "commands": harness.command_history(report)})
         return report
 
     for name, dataset, setting in TABLE_REPORTS:
@@ -191,7 +192,13 @@ def render(report):
             f"| {fmt(e['p_holm'], 3, False)} |"
         )
     lines += ["", "Sources:", ""]
-    lines += [f"- `{s['file']}`: `{s['command']}`" for s in report["sources"]]
+    for source in report["sources"]:
+        commands = source.get("commands") or [source.get("command")]
+        if len(commands) == 1:
+            lines.append(f"- `{source['file']}`: `{commands[0]}`")
+        else:
+            lines.append(f"- `{source['file']}`, in order:")
+            lines += [f"  - `{command}`" for command in commands]
     if report["missing"]:
         lines += ["", "Not yet run (absent): " + ", ".join(f"`{m}`" for m in report["missing"])]
     return "\n".join(lines) + "\n"

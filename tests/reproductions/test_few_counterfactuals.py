@@ -36,3 +36,24 @@ def test_k_all_reuses_the_full_table_when_it_holds_every_row_and_seed(tmp_path, 
     assert "--counterfactuals" not in calls[1]
     assert calls[1][calls[1].index("--tag") + 1] == "evidence"
     assert calls[1][calls[1].index("--rows") + 1 :][:3] == ["augmentation", "control", "gs"]
+
+
+def test_the_curves_report_names_every_command_of_every_k(tmp_path):
+    def report(commands, k_rows=("augmentation", "control", "gs")):
+        return {
+            "command": commands[-1],
+            "commands": commands,
+            "machine": "m",
+            "wall_seconds": 60.0,
+            "summary": {row: {} for row in k_rows},
+        }
+
+    first, second = "imdb --counterfactuals 50 --learning-rates 16 32", "imdb ... 16 32 64"
+    (tmp_path / "imdb_table3_t_k50.json").write_text(json.dumps(report([first, second])))
+    (tmp_path / "imdb_table3_t_k200.json").write_text(json.dumps(report([second, "imdb k200 128"])))
+    args, _ = few_counterfactuals.parse_args(
+        ["--counterfactuals", "50", "200", "--out", str(tmp_path), "--tag", "t"]
+    )
+    curves = few_counterfactuals.collect(args)
+    assert curves["commands"] == [first, second, "imdb k200 128"]
+    assert "imdb k200 128" in few_counterfactuals.render(curves)

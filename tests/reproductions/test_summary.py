@@ -39,7 +39,9 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
         },
         "gs_random_logit": {"control": "control_random_any", "columns": {}},  # not reported
     }
-    (tmp_path / "imdb_table3_evidence.json").write_text(json.dumps(table_report(imdb)))
+    imdb_report = table_report(imdb)
+    imdb_report["commands"] = ["cfkeras-reproduce imdb --seeds 0 1", "cfkeras-reproduce imdb ..."]
+    (tmp_path / "imdb_table3_evidence.json").write_text(json.dumps(imdb_report))
     digits = {
         "command": "python examples/reproduce_digits_table2.py",
         "runs": {
@@ -69,4 +71,11 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     assert [e["mean"] for e in digit_entries] == pytest.approx([2.0, 2.0])
     assert report["verdict"] == {"differences": 4, "significant_gain": 1, "significant_loss": 0}
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "1 in favour of GS, 0 against it" in out.with_suffix(".md").read_text()
+    markdown = out.with_suffix(".md").read_text()
+    assert "1 in favour of GS, 0 against it" in markdown
+    # Every command of a report resumed by several is named, in order; a
+    # report with one command (digits) keeps the one-line form.
+    sources = {s["file"]: s["commands"] for s in report["sources"]}
+    assert sources["imdb_table3_evidence.json"] == imdb_report["commands"]
+    assert "  - `cfkeras-reproduce imdb --seeds 0 1`\n  - `cfkeras-reproduce imdb ...`" in markdown
+    assert "- `digits_table2.json`: `python examples/reproduce_digits_table2.py`" in markdown
