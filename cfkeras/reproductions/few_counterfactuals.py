@@ -116,7 +116,7 @@ def collect(args):
     first = next(iter(reports.values()))
     commands = []
     for report in reports.values():
-        commands += [c for c in harness.command_history(report) if c not in commands]
+        commands = harness.extend_history(commands, harness.command_history(report))
     return {
         "command": first["command"],
         "commands": commands,

@@ -62,8 +62,8 @@ def run_nested(out, stem, grid, make_report, render):
     and the partial file removed. Returns the final report.
 
     A report with a `command` also gets `commands`: the commands of the
-    partial file it resumed, then its own (when it differs from the last),
-    so that a grid finished by several invocations names them all
+    partial file it resumed, then its own (unless already there:
+    `extend_history`), so that a grid finished by several invocations names them all
     (`command_lines`).
     """
     out = Path(out)
@@ -75,10 +75,7 @@ def run_nested(out, stem, grid, make_report, render):
     def make_report_with_history(runs):
         report = make_report(runs)
         if report.get("command"):
-            commands = list(history)
-            if not commands or commands[-1] != report["command"]:
-                commands.append(report["command"])
-            report["commands"] = commands
+            report["commands"] = extend_history(history, [report["command"]])
         return report
 
     if callable(grid):
@@ -462,9 +459,7 @@ class Table:
         differences."""
         program = PROGRAM or ["python", sys.argv[0]]
         command = [*program, *(sys.argv[1:] if argv is None else argv)]
-        commands = list(history)
-        if " ".join(command) not in commands:
-            commands.append(" ".join(command))
+        commands = extend_history(history, [" ".join(command)])
         runs, chosen = self.choose(grid, args.seeds, tune=tuning_seeds(args))
         epochs = getattr(args, "epochs", None) or max(
             [r["best_epoch"] for by_seed in runs.values() for r in by_seed.values()] or [1]
@@ -708,6 +703,18 @@ def command_history(report):
     if report.get("commands"):
         return list(report["commands"])
     return [report["command"]] if report.get("command") else []
+
+
+def extend_history(history, commands):
+    """`history` (a list of commands) followed by those of `commands` it
+    does not hold yet, in order: the one rule by which every report keeps
+    the commands whose runs it holds (a command given again to resume adds
+    nothing)."""
+    out = list(history)
+    for command in commands:
+        if command not in out:
+            out.append(command)
+    return out
 
 
 def seeds_text(report):

@@ -193,7 +193,7 @@ def render(report):
         )
     lines += ["", "Sources:", ""]
     for source in report["sources"]:
-        commands = source.get("commands") or [source.get("command")]
+        commands = source["commands"]
         if len(commands) == 1:
             lines.append(f"- `{source['file']}`: `{commands[0]}`")
         else:

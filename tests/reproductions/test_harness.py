@@ -243,3 +243,39 @@ def test_seeds_text_reads_the_seeds_from_the_runs_not_the_last_command():
     assert harness.seeds_text(report) == "0, 1, 2, 3, 4 (fewer for gs_random_logit: 0, 1, 2)"
     del report["runs"]["gs_random_logit"]
     assert harness.seeds_text(report) == "0, 1, 2, 3, 4"
+
+
+def test_every_report_keeps_its_commands_by_one_rule(tmp_path):
+    assert harness.extend_history(["a", "b"], ["b", "c", "a", "c"]) == ["a", "b", "c"]
+    history = ["a"]
+    assert harness.extend_history(history, ["b"]) == ["a", "b"] and history == ["a"]
+
+    # run_nested follows it: a command given again after another one (to
+    # resume a grid) is not listed twice. Each invocation runs one cell,
+    # then is interrupted by the next cell's first attempt.
+    command, attempts = ["first"], []
+
+    def cell(name):
+        def run():
+            if name != "a" and name not in attempts:
+                attempts.append(name)
+                raise RuntimeError("interrupted")
+            return {"scores": {"v": 1.0}}
+
+        return run
+
+    def grid(runs):
+        for name in "abc":
+            yield (name,), name, cell(name)
+
+    def report(runs):
+        return {"runs": runs, "command": command[0]}
+
+    for name in ["first", "second"]:
+        command[0] = name
+        with pytest.raises(RuntimeError, match="interrupted"):
+            harness.run_nested(tmp_path, "s", grid, report, json.dumps)
+    command[0] = "first"
+    final = harness.run_nested(tmp_path, "s", grid, report, json.dumps)
+    assert set(final["runs"]) == {"a", "b", "c"}
+    assert final["commands"] == ["first", "second"]
