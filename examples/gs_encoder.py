@@ -52,8 +52,9 @@ Reported: accuracy per column, mean ± std over seeds, and the paired
 difference GS − control by seed (mean ± standard error, paired t-test,
 Holm-corrected over the primary columns: test edited and the OOD sets for
 IMDb, the revised test sets for SNLI). Every finished run is kept in
-`<out>/<stem>.partial.json`; the same command resumes from it. Stems:
-`gs_encoder_<mode>_<dataset>[_<tag>]`.
+`<out>/<stem>.partial.json`; the same command resumes from it, and with
+`--replot` recomputes the summary and Markdown of the finished report from
+its runs (no training). Stems: `gs_encoder_<mode>_<dataset>[_<tag>]`.
 
 Budget of the fine-tuned modes (measured; every command <= 2 h on one core).
 Measured with two short runs of
@@ -131,7 +132,13 @@ import tensorflow as tf
 
 import cfkeras
 from cfkeras import encoders
-from cfkeras.reproductions.harness import command_lines, machine_description, run_nested
+from cfkeras.reproductions.harness import (
+    command_lines,
+    machine_description,
+    rewrite_nested,
+    run_nested,
+)
+from cfkeras.reproductions.statistics import paired_differences
 
 ROWS = ("control", "gs")
 COLUMNS = {
@@ -427,8 +434,6 @@ def key(lr, gs_weight):
 def summarize(runs, dataset, seeds):
     """Per size: the setting of each row with the best mean validation
     accuracy over `seeds`, its columns, and GS − control by seed."""
-    from scipy import stats
-
     summary = {}
     for size, by_row in runs.items():
         chosen = {}
@@ -455,28 +460,16 @@ def summarize(runs, dataset, seeds):
                 }
         if len(chosen) == 2 and len(seeds) > 1:
             gs, control = (by_row[r][chosen[r]] for r in ("gs", "control"))
-            diffs = {}
-            for column in COLUMNS[dataset]:
-                d = np.array(
-                    [
-                        100 * (gs[str(k)]["scores"][column] - control[str(k)]["scores"][column])
-                        for k in seeds
-                    ]
-                )
-                p = float(stats.ttest_1samp(d, 0.0).pvalue) if np.any(d != 0) else 1.0
-                diffs[column] = {
-                    "by_seed": d.round(2).tolist(),
-                    "mean": float(d.mean()),
-                    "se": float(d.std(ddof=1) / np.sqrt(len(d))),
-                    "p": p,
+
+            def scores(runs_row):
+                return {
+                    c: {str(k): runs_row[str(k)]["scores"][c] for k in seeds}
+                    for c in COLUMNS[dataset]
                 }
-            # Holm over the primary columns.
-            primary = sorted(PRIMARY[dataset], key=lambda c: diffs[c]["p"])
-            running = 0.0
-            for rank, column in enumerate(primary):
-                running = max(running, min(1.0, (len(primary) - rank) * diffs[column]["p"]))
-                diffs[column]["p_holm"] = running
-            cells["difference"] = diffs
+
+            cells["difference"] = paired_differences(
+                scores(gs), scores(control), primary=PRIMARY[dataset]
+            )
         summary[size] = cells
     return summary
 
@@ -518,8 +511,12 @@ def render(report):
             d = cells["difference"]
             text = []
             for col in columns:
-                cell = f"{d[col]['mean']:+.2f} ± {d[col]['se']:.2f} (p {d[col]['p']:.3f}"
-                cell += f", Holm {d[col]['p_holm']:.3f})" if "p_holm" in d[col] else ")"
+                cell = f"{d[col]['mean']:+.2f} ± {d[col]['se']:.2f} "
+                if d[col]["p"] is None:
+                    cell += "(no test: no spread over the seeds)"
+                else:
+                    cell += f"(p {d[col]['p']:.3f}"
+                    cell += f", Holm {d[col]['p_holm']:.3f})" if "p_holm" in d[col] else ")"
                 text.append(cell)
             lines.append("| GS − control | | " + " | ".join(text) + " | |")
         lines.append("")
@@ -557,7 +554,21 @@ def main(argv=None):
     parser.add_argument("--out", default="results")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="recompute the summary and Markdown of the finished report from its runs, no training",
+    )
     args = parser.parse_args(argv)
+    stem = f"gs_encoder_{args.mode}_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
+    if args.replot:
+        rewrite_nested(
+            args.out,
+            stem,
+            lambda r: {**r, "summary": summarize(r["runs"], args.dataset, r["args"]["seeds"])},
+            render,
+        )
+        return
     epochs, learning_rates, gs_weights, batch_size, sizes = DEFAULTS[args.mode]
     args.epochs = args.epochs or epochs
     args.learning_rates = args.learning_rates or learning_rates
@@ -568,8 +579,6 @@ def main(argv=None):
     command = "python examples/gs_encoder.py " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     pairs, evaluation = load(args, load_texts(args), encoding(args))
-
-    stem = f"gs_encoder_{args.mode}_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
 
     def report(runs):
         return {

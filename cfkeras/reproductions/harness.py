@@ -818,6 +818,22 @@ def run_grid(seeds, rows, run_one, write_partial, on_result=None, describe="", d
     return runs
 
 
+def rewrite_nested(out, stem, update, render):
+    """Recompute a finished `run_nested` report from its runs, no training:
+    `<out>/<stem>.json` is read, `update(report)` returns the new report
+    (e.g. its summary recomputed by newer code), and the `.json` and `.md`
+    are rewritten. The runs and commands stay as they were."""
+    path = Path(out) / f"{stem}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no finished report to re-render (run the command without --replot first)"
+        )
+    report = update(json.loads(path.read_text()))
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    (Path(out) / f"{stem}.md").write_text(render(report))
+    return report
+
+
 def replot(path, table, render):
     """Re-renders the `.md` and `.png` of a result `.json`, no training."""
     path = Path(path)

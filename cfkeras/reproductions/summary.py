@@ -30,9 +30,15 @@ TABLE_REPORTS = (
 )
 FEW = ("imdb_few_counterfactuals_evidence.json", "IMDb", "paper's BoE ensemble")
 DIGITS = ("digits_table2.json", "digit canvases (mAP)", "multi-label CNN features")
-FROZEN = (
-    ("gs_encoder_frozen_imdb.json", "IMDb", "frozen MiniLM + MLP head"),
-    ("gs_encoder_frozen_snli.json", "SNLI", "frozen MiniLM + MLP head"),
+# `examples/gs_encoder.py`'s reports, by mode (`gs_encoder_<mode>_<dataset>`).
+ENCODERS = tuple(
+    (f"gs_encoder_{mode}_{dataset.lower()}.json", dataset, setting)
+    for mode, setting in (
+        ("frozen", "frozen MiniLM + MLP head"),
+        ("upper", "MiniLM layers 4–5 + MLP head fine-tuned"),
+        ("full", "MiniLM fully fine-tuned + MLP head"),
+    )
+    for dataset in ("IMDb", "SNLI")
 )
 # Columns shown (the primary columns of each report, i.e. its Holm family).
 IMDB_COLUMNS = ("test_edited", "amazon", "twitter", "yelp")
@@ -136,7 +142,7 @@ def collect(results):
                 entry(DIGITS[1], DIGITS[2], "+ GS (sum) − control", column, d[column], DIGITS[0])
             )
 
-    for name, dataset, setting in FROZEN:
+    for name, dataset, setting in ENCODERS:
         report = load(name)
         if report is None:
             continue

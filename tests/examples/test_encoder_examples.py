@@ -106,3 +106,72 @@ def test_cat_few_shot_runs_the_rate_grid_on_the_tuning_seeds_only(tmp_path, monk
     assert summary["cat"]["seeds"] == ["0", "1", "2", "3"]
     # Paired with ERM's seeds at ERM's own rate: 0.6 - 0.5 on every seed.
     assert summary["cat"]["test_original"]["diff_mean"] == pytest.approx(10.0)
+    # The same 10 points on every seed: no spread, so no test (not p = 0).
+    assert summary["cat"]["test_original"]["diff_p"] is None
+    assert "[+10.0 ± 0.0, no test]" in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
+
+    # --replot recomputes the summary from the runs, trains nothing.
+    runs = report["runs"]["10"]["cat"]["2e-05"]
+    for seed, delta in (("0", 0.02), ("1", -0.01), ("2", 0.03)):
+        runs[seed]["scores"] = {c: v + delta for c, v in runs[seed]["scores"].items()}
+    (tmp_path / "cat_few_shot_snli_cached.json").write_text(json.dumps(report))
+    ran.clear()
+    cat.main([*argv.split(), "--replot"])
+    assert ran == []
+    cell = json.loads((tmp_path / "cat_few_shot_snli_cached.json").read_text())["summary"]["10"]
+    cell = cell["cat"]["test_revised_premise"]
+    d = np.array([12.0, 9.0, 13.0, 10.0])
+    assert cell["diff_mean"] == pytest.approx(d.mean())
+    assert cell["diff_se"] == pytest.approx(d.std(ddof=1) / 2)
+    # Holm over the three test columns, which all moved alike.
+    assert cell["diff_p_holm"] == pytest.approx(min(1.0, 3 * cell["diff_p"]))
+    assert (
+        f"Holm {cell['diff_p_holm']:.2f}" in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
+    )
+
+
+def test_gs_encoder_pairs_gs_with_its_control_by_seed_with_holm():
+    from scipy import stats
+
+    script = load_example("gs_encoder")
+    columns = script.COLUMNS["snli"]
+
+    def row(values):  # {column: value per seed}
+        return {
+            str(k): {"scores": {c: values[c][k] for c in columns}, "best_epoch": 1}
+            for k in range(3)
+        }
+
+    control = {c: [0.50, 0.52, 0.54] for c in columns}
+    gs = {
+        "validation": [0.51, 0.53, 0.55],
+        "test_original": [0.50, 0.52, 0.54],
+        "test_revised_premise": [0.52, 0.53, 0.57],  # +2, +1, +3 points
+        "test_revised_hypothesis": [0.51, 0.55, 0.54],  # +1, +3, 0
+    }
+    runs = {"100": {"control": {"lr=1e-05,gs=0": row(control)}, "gs": {"lr=1e-05,gs=1": row(gs)}}}
+    d = script.summarize(runs, "snli", [0, 1, 2])["100"]["difference"]
+    assert d["test_revised_premise"]["mean"] == pytest.approx(2.0)
+    p = {
+        c: stats.ttest_1samp(v, 0).pvalue
+        for c, v in (
+            ("test_revised_premise", [2.0, 1.0, 3.0]),
+            ("test_revised_hypothesis", [1.0, 3.0, 0.0]),
+        )
+    }
+    assert d["test_revised_premise"]["p"] == pytest.approx(p["test_revised_premise"])
+    # Holm over the two revised test sets.
+    assert d["test_revised_premise"]["p_holm"] == pytest.approx(2 * p["test_revised_premise"])
+    assert d["test_revised_hypothesis"]["p_holm"] == pytest.approx(
+        max(2 * p["test_revised_premise"], p["test_revised_hypothesis"])
+    )
+    # +1 point on every seed (validation) and 0 (test original): no spread, no test.
+    assert d["validation"]["p"] is None and d["test_original"]["p"] is None
+    report = {
+        "command": "c",
+        "machine": "m",
+        "wall_seconds": 1.0,
+        "args": {"dataset": "snli", "seeds": [0, 1, 2], "mode": "upper"},
+        "summary": {"100": {**script.summarize(runs, "snli", [0, 1, 2])["100"]}},
+    }
+    assert "(no test: no spread over the seeds)" in script.render(report)

@@ -56,6 +56,19 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
         },
     }
     (tmp_path / "digits_table2.json").write_text(json.dumps(digits))
+    # A fine-tuned encoder report (examples/gs_encoder.py --mode upper).
+    upper = {
+        "command": "python examples/gs_encoder.py --mode upper --dataset snli",
+        "summary": {
+            "100": {
+                "difference": {
+                    "test_revised_premise": cell([-1.0, -2.0, -3.0], p_holm=0.2),
+                    "validation": cell([0.0, 1.0, 2.0]),  # not a primary column
+                }
+            }
+        },
+    }
+    (tmp_path / "gs_encoder_upper_snli.json").write_text(json.dumps(upper))
     out = tmp_path / "out" / "evidence_summary"
     report = summary.main(["--results", str(tmp_path), "--out", str(out)])
 
@@ -69,7 +82,12 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     # The digits' differences are computed from the runs: +2 points on both columns.
     digit_entries = [e for e in report["entries"] if e["source"] == "digits_table2.json"]
     assert [e["mean"] for e in digit_entries] == pytest.approx([2.0, 2.0])
-    assert report["verdict"] == {"differences": 4, "significant_gain": 1, "significant_loss": 0}
+    upper_entries = [e for e in report["entries"] if e["source"] == "gs_encoder_upper_snli.json"]
+    assert [(e["setting"], e["column"], e["mean"]) for e in upper_entries] == [
+        ("MiniLM layers 4–5 + MLP head fine-tuned, 100 pairs", "test_revised_premise", -2.0)
+    ]
+    assert "gs_encoder_full_imdb.json" in report["missing"]
+    assert report["verdict"] == {"differences": 5, "significant_gain": 1, "significant_loss": 0}
     assert out.with_suffix(".png").stat().st_size > 0
     markdown = out.with_suffix(".md").read_text()
     assert "1 in favour of GS, 0 against it" in markdown
