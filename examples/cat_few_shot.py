@@ -58,6 +58,7 @@ import cfkeras
 from cfkeras import encoders
 from cfkeras.models.counterfactual_adversarial import default_mix_layers
 from cfkeras.reproductions.harness import (
+    add_nested_arguments,
     command_lines,
     machine_description,
     rewrite_nested,
@@ -375,14 +376,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="upstream CAD root (default: packaged)")
     parser.add_argument("--ood-dir", default=None)
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/cfkeras/cat_few_shot"))
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--tag", default=None)
-    parser.add_argument("--verbose", type=int, default=0)
-    parser.add_argument(
-        "--replot",
-        action="store_true",
-        help="recompute the summary and Markdown of the finished report from its runs, no training",
-    )
+    add_nested_arguments(parser)
     args = parser.parse_args(argv)
     stem = f"cat_few_shot_{args.dataset}_{args.mode}" + (f"_{args.tag}" if args.tag else "")
     if args.replot:

@@ -133,6 +133,7 @@ import tensorflow as tf
 import cfkeras
 from cfkeras import encoders
 from cfkeras.reproductions.harness import (
+    add_nested_arguments,
     command_lines,
     machine_description,
     rewrite_nested,
@@ -551,14 +552,7 @@ def main(argv=None):
         default=os.path.expanduser("~/.cache/cfkeras/frozen"),
         help="pooled vectors (frozen) and hidden states (upper), by content",
     )
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--tag", default=None)
-    parser.add_argument("--verbose", type=int, default=0)
-    parser.add_argument(
-        "--replot",
-        action="store_true",
-        help="recompute the summary and Markdown of the finished report from its runs, no training",
-    )
+    add_nested_arguments(parser)
     args = parser.parse_args(argv)
     stem = f"gs_encoder_{args.mode}_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
     if args.replot:

@@ -818,6 +818,20 @@ def run_grid(seeds, rows, run_one, write_partial, on_result=None, describe="", d
     return runs
 
 
+def add_nested_arguments(parser):
+    """The output arguments of the `run_nested` examples: `--out`, `--tag`
+    (appended to the report's stem), `--verbose` and `--replot` (see
+    `rewrite_nested`)."""
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--tag", default=None)
+    parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="recompute the summary and Markdown of the finished report from its runs, no training",
+    )
+
+
 def rewrite_nested(out, stem, update, render):
     """Recompute a finished `run_nested` report from its runs, no training:
     `<out>/<stem>.json` is read, `update(report)` returns the new report
