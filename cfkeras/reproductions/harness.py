@@ -534,7 +534,7 @@ class Table:
                 + " | ".join(text)
                 + f" | {'—' if rate is None else f'{rate:g}'} | {epochs} |"
             )
-        grid = report.get("args", {}).get("learning_rates")
+        grid = rates_text(report)
         if grid:
             early = any("epochs_run" in r for by in report["runs"].values() for r in by.values())
             flag = (
@@ -545,7 +545,7 @@ class Table:
                 f"{100 * LATE_SHARE:.0f} % of the epochs for most seeds."
             )
             tune = report.get("args", {}).get("tune_seeds")
-            if tune and len(grid) > 1:
+            if tune and "," in grid:
                 selection = f"mean over the tuning seeds {tune}; the other seeds ran at that rate"
             lines += [
                 "",
@@ -715,6 +715,28 @@ def extend_history(history, commands):
         if command not in out:
             out.append(command)
     return out
+
+
+def rates_text(report):
+    """The learning rates each row's choice was made from, read from the
+    report's grid (not from the last command's `--learning-rates`, which
+    may have extended only some rows): "[1, 3, 10]" when every row had the
+    same, else each set with its rows. None without rates."""
+    by_row = {}
+    for key in report.get("grid") or {}:
+        row, rate = split_key(key)
+        if rate is not None:
+            by_row.setdefault(row, set()).add(rate)
+    if not by_row:
+        rates = report.get("args", {}).get("learning_rates")
+        return f"[{', '.join(f'{r:g}' for r in rates)}]" if rates else None
+    rows_by_set = {}
+    for row, rates in by_row.items():
+        rows_by_set.setdefault(tuple(sorted(rates)), []).append(row)
+    text = lambda rates: f"[{', '.join(f'{r:g}' for r in rates)}]"  # noqa: E731
+    if len(rows_by_set) == 1:
+        return text(next(iter(rows_by_set)))
+    return "; ".join(f"{text(r)} ({', '.join(rows)})" for r, rows in rows_by_set.items())
 
 
 def seeds_text(report):

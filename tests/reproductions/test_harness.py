@@ -279,3 +279,16 @@ def test_every_report_keeps_its_commands_by_one_rule(tmp_path):
     final = harness.run_nested(tmp_path, "s", grid, report, json.dumps)
     assert set(final["runs"]) == {"a", "b", "c"}
     assert final["commands"] == ["first", "second"]
+
+
+def test_the_rates_named_are_those_each_row_was_chosen_from():
+    # A grid extended row by row: the last command's --learning-rates ([3]) is not the grid.
+    report = {
+        "args": {"learning_rates": [3.0]},
+        "grid": {"control@lr=1": {}, "control@lr=3": {}, "gs@lr=1": {}, "gs@lr=3": {}},
+    }
+    assert harness.rates_text(report) == "[1, 3]"
+    report["grid"].update({"gs@lr=10": {}, "gs_random@lr=3": {}})
+    assert harness.rates_text(report) == "[1, 3] (control); [1, 3, 10] (gs); [3] (gs_random)"
+    assert harness.rates_text({"args": {"learning_rates": [0.5, 2.0]}}) == "[0.5, 2]"
+    assert harness.rates_text({"grid": {"original": {}}, "args": {}}) is None
