@@ -64,7 +64,7 @@ from cfkeras.reproductions.harness import (
     rewrite_nested,
     run_nested,
 )
-from cfkeras.reproductions.statistics import paired_differences
+from cfkeras.reproductions.statistics import paired_differences, scores_by_column
 
 METHODS = ("erm", "cat_star", "cat")
 LABELS = {"erm": "ERM", "cat_star": "CAT* (no CAL)", "cat": "CAT"}
@@ -267,17 +267,14 @@ def summarize(runs, dataset):
             if lr is not None:
                 chosen[method] = lr
 
-        def scores(by_seed):
-            return {c: {s: r["scores"][c] for s, r in by_seed.items()} for c in COLUMNS[dataset]}
-
         for method, lr in chosen.items():
             by_seed = by_method[method][lr]
             cells = {"learning_rate": lr, "seeds": sorted(by_seed, key=int)}
             differences = {}
             if method != "erm" and "erm" in chosen:
                 differences = paired_differences(
-                    scores(by_seed),
-                    scores(by_method["erm"][chosen["erm"]]),
+                    scores_by_column(by_seed, COLUMNS[dataset]),
+                    scores_by_column(by_method["erm"][chosen["erm"]], COLUMNS[dataset]),
                     primary=PRIMARY[dataset],
                 )
             for column in COLUMNS[dataset]:

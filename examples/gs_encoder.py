@@ -139,7 +139,7 @@ from cfkeras.reproductions.harness import (
     rewrite_nested,
     run_nested,
 )
-from cfkeras.reproductions.statistics import paired_differences
+from cfkeras.reproductions.statistics import paired_differences, scores_by_column
 
 ROWS = ("control", "gs")
 COLUMNS = {
@@ -461,15 +461,11 @@ def summarize(runs, dataset, seeds):
                 }
         if len(chosen) == 2 and len(seeds) > 1:
             gs, control = (by_row[r][chosen[r]] for r in ("gs", "control"))
-
-            def scores(runs_row):
-                return {
-                    c: {str(k): runs_row[str(k)]["scores"][c] for k in seeds}
-                    for c in COLUMNS[dataset]
-                }
-
+            on_seeds = lambda row: {str(k): row[str(k)] for k in seeds}  # noqa: E731
             cells["difference"] = paired_differences(
-                scores(gs), scores(control), primary=PRIMARY[dataset]
+                scores_by_column(on_seeds(gs), COLUMNS[dataset]),
+                scores_by_column(on_seeds(control), COLUMNS[dataset]),
+                primary=PRIMARY[dataset],
             )
         summary[size] = cells
     return summary

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cfkeras.reproductions.statistics import paired_differences
+from cfkeras.reproductions.statistics import paired_differences, scores_by_column
 
 # Arguments that may change between a cut-short run and its resumption.
 RESUMABLE_CHANGES = (
@@ -438,16 +438,12 @@ class Table:
         for row, control in self.controls.items():
             if row not in runs or control not in runs:
                 continue
-            by_column = lambda by_seed: {  # noqa: E731
-                column: {
-                    s: r["scores"][column] for s, r in by_seed.items() if column in r["scores"]
-                }
-                for column in self.columns
-            }
             out[row] = {
                 "control": control,
                 "columns": paired_differences(
-                    by_column(runs[row]), by_column(runs[control]), primary=self.primary
+                    scores_by_column(runs[row], self.columns),
+                    scores_by_column(runs[control], self.columns),
+                    primary=self.primary,
                 ),
             }
         return out

@@ -3,12 +3,22 @@
 `paired_differences` takes the per-seed scores of a treatment row and of its
 step-matched control and returns, per column, the differences by seed, their
 mean, standard error, a two-sided paired t-test, and the Holm correction over
-the primary columns.
+the primary columns; `scores_by_column` makes its inputs from a row's runs.
 """
 
 import math
 
 import numpy as np
+
+
+def scores_by_column(by_seed, columns):
+    """`{column: {seed: score}}`, the input of `paired_differences`, from a
+    row's runs `{seed: {"scores": {column: score}}}`; a run without a column
+    is left out of it."""
+    return {
+        column: {s: r["scores"][column] for s, r in by_seed.items() if column in r["scores"]}
+        for column in columns
+    }
 
 
 def paired_differences(treatment, control, primary=(), alpha=0.05, scale=100.0):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cfkeras.reproductions import harness
-from cfkeras.reproductions.statistics import paired_differences
+from cfkeras.reproductions.statistics import paired_differences, scores_by_column
 
 # (file, dataset label, model label): the reports made by `Table.run`
 # (`differences` keyed by GS row).
@@ -133,10 +133,11 @@ def collect(results):
     report = load(DIGITS[0])
     if report is not None:
         runs = report["runs"]
-        scores = lambda row: {  # noqa: E731
-            c: {s: r["scores"][c] for s, r in runs[row].items()} for c in DIGITS_COLUMNS
-        }
-        d = paired_differences(scores("gs_sum"), scores("augmentation"), primary=DIGITS_COLUMNS)
+        d = paired_differences(
+            scores_by_column(runs["gs_sum"], DIGITS_COLUMNS),
+            scores_by_column(runs["augmentation"], DIGITS_COLUMNS),
+            primary=DIGITS_COLUMNS,
+        )
         for column in DIGITS_COLUMNS:
             entries.append(
                 entry(DIGITS[1], DIGITS[2], "+ GS (sum) − control", column, d[column], DIGITS[0])

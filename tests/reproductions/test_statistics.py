@@ -78,3 +78,14 @@ def test_only_seeds_present_in_both_rows_are_paired():
     out = paired_differences({"a": scores([0.5, 0.6, 0.7])}, {"a": {"0": 0.4, "2": 0.5}})
     assert out["a"]["by_seed"] == pytest.approx({"0": 10.0, "2": 20.0})
     assert out["a"]["n"] == 2
+
+
+def test_scores_by_column_leaves_out_the_runs_without_a_column():
+    from cfkeras.reproductions.statistics import scores_by_column
+
+    by_seed = {"0": {"scores": {"a": 0.5, "b": 0.25}}, "1": {"scores": {"a": 0.75}}}
+    assert scores_by_column(by_seed, ["a", "b", "c"]) == {
+        "a": {"0": 0.5, "1": 0.75},
+        "b": {"0": 0.25},
+        "c": {},
+    }
