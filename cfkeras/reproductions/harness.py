@@ -63,8 +63,8 @@ def run_nested(out, stem, grid, make_report, render):
 
     A report with a `command` also gets `commands`: the commands of the
     partial file it resumed, then its own (unless already there:
-    `extend_history`), so that a grid finished by several invocations names them all
-    (`command_lines`).
+    `extend_history`), so that a grid finished by several invocations names
+    them all (`command_lines`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -541,7 +541,7 @@ class Table:
                 f"{100 * LATE_SHARE:.0f} % of the epochs for most seeds."
             )
             tune = report.get("args", {}).get("tune_seeds")
-            if tune and "," in grid:
+            if tune and any(len(rates) > 1 for rates in rates_by_row(report)):
                 selection = f"mean over the tuning seeds {tune}; the other seeds ran at that rate"
             lines += [
                 "",
@@ -713,11 +713,12 @@ def extend_history(history, commands):
     return out
 
 
-def rates_text(report):
-    """The learning rates each row's choice was made from, read from the
-    report's grid (not from the last command's `--learning-rates`, which
-    may have extended only some rows): "[1, 3, 10]" when every row had the
-    same, else each set with its rows. None without rates."""
+def rates_by_row(report):
+    """`{rate set: [rows]}`: the learning rates each row's choice was made
+    from, read from the report's grid (not from the last command's
+    `--learning-rates`, which may have extended only some rows); a report
+    without a grid has every row on `args.learning_rates`. Empty without
+    rates."""
     by_row = {}
     for key in report.get("grid") or {}:
         row, rate = split_key(key)
@@ -725,14 +726,21 @@ def rates_text(report):
             by_row.setdefault(row, set()).add(rate)
     if not by_row:
         rates = report.get("args", {}).get("learning_rates")
-        return f"[{', '.join(f'{r:g}' for r in rates)}]" if rates else None
-    rows_by_set = {}
+        return {tuple(sorted(rates)): []} if rates else {}
+    out = {}
     for row, rates in by_row.items():
-        rows_by_set.setdefault(tuple(sorted(rates)), []).append(row)
+        out.setdefault(tuple(sorted(rates)), []).append(row)
+    return out
+
+
+def rates_text(report):
+    """`rates_by_row` in words: "[1, 3, 10]" when every row had the same
+    rates, else each set with its rows. None without rates."""
+    sets = rates_by_row(report)
     text = lambda rates: f"[{', '.join(f'{r:g}' for r in rates)}]"  # noqa: E731
-    if len(rows_by_set) == 1:
-        return text(next(iter(rows_by_set)))
-    return "; ".join(f"{text(r)} ({', '.join(rows)})" for r, rows in rows_by_set.items())
+    if len(sets) <= 1:
+        return text(next(iter(sets))) if sets else None
+    return "; ".join(f"{text(r)} ({', '.join(rows)})" for r, rows in sets.items())
 
 
 def seeds_text(report):
