@@ -31,7 +31,10 @@ two of `--seeds`), each method takes the rate of best mean validation
 accuracy over them, and the other seeds run at that rate only.
 
 Every finished run is kept in `<out>/<stem>.partial.json`; running the same
-command again resumes from it. The same command with `--replot` recomputes
+command again resumes from it. `--extend` adds a command's runs to the
+finished report instead of starting it again: a larger size per class, at
+its own rates, joins the same report (as A.4 tunes the rate below 50
+examples per class and fixes it from 50 on). The same command with `--replot` recomputes
 the summary and Markdown of the finished `<stem>.json` from its runs (no
 training). CAT* − ERM and CAT − ERM are paired by seed
 (`cfkeras.reproductions.statistics.paired_differences`: mean ± standard
@@ -39,6 +42,8 @@ error, paired t-test, Holm over every test column).
 
 Usage:
   python examples/cat_few_shot.py --dataset imdb --per-class 10 50 --seeds 0 1 2 3 4
+  # 50 per class at one rate, added to a finished 10-per-class report:
+  python examples/cat_few_shot.py --dataset snli --per-class 50 --learning-rates 6e-5 --extend
 """
 
 import argparse
@@ -428,7 +433,7 @@ def main(argv=None):
                 for method in args.methods:
                     yield cell(per_class, method, chosen[method], seed)
 
-    run_nested(args.out, stem, grid, report, render)
+    run_nested(args.out, stem, grid, report, render, extend=args.extend)
 
 
 if __name__ == "__main__":

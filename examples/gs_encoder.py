@@ -592,7 +592,7 @@ def main(argv=None):
         for seed in args.seeds
         for row, lr, w in settings
     ]
-    run_nested(args.out, stem, grid, report, render)
+    run_nested(args.out, stem, grid, report, render, extend=args.extend)
 
 
 if __name__ == "__main__":

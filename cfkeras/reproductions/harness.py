@@ -47,7 +47,7 @@ def machine_description():
     )
 
 
-def run_nested(out, stem, grid, make_report, render):
+def run_nested(out, stem, grid, make_report, render, extend=False):
     """Runs a grid whose results nest by key, resumably; writes the report.
 
     `grid` is a list of `(keys, label, run)`: the result of `run()` goes to
@@ -65,11 +65,25 @@ def run_nested(out, stem, grid, make_report, render):
     partial file it resumed, then its own (unless already there:
     `extend_history`), so that a grid finished by several invocations names
     them all (`command_lines`).
+
+    `extend=True` adds the grid's cells to the finished `<stem>.json` (its
+    runs and commands are kept; e.g. a larger training size at its own
+    learning rate in the same report) when no partial file is there to
+    resume; without a finished report it is an error. Without `extend` a
+    finished report is not read: the grid runs again from scratch.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / f"{stem}.partial.json"
-    previous = json.loads(partial.read_text()) if partial.is_file() else {}
+    finished = out / f"{stem}.json"
+    if partial.is_file():
+        previous = json.loads(partial.read_text())
+    elif extend:
+        if not finished.is_file():
+            raise FileNotFoundError(f"{finished}: no finished report to extend (drop --extend)")
+        previous = json.loads(finished.read_text())
+    else:
+        previous = {}
     runs, history = previous.get("runs", {}), command_history(previous)
 
     def make_report_with_history(runs):
@@ -93,7 +107,7 @@ def run_nested(out, stem, grid, make_report, render):
         print(json.dumps(scores), flush=True)
         partial.write_text(json.dumps(make_report_with_history(runs), indent=2))
     final = make_report_with_history(runs)
-    (out / f"{stem}.json").write_text(json.dumps(final, indent=2) + "\n")
+    finished.write_text(json.dumps(final, indent=2) + "\n")
     (out / f"{stem}.md").write_text(render(final))
     partial.unlink(missing_ok=True)
     print(render(final))
@@ -846,8 +860,8 @@ def run_grid(seeds, rows, run_one, write_partial, on_result=None, describe="", d
 
 def add_nested_arguments(parser):
     """The output arguments of the `run_nested` examples: `--out`, `--tag`
-    (appended to the report's stem), `--verbose` and `--replot` (see
-    `rewrite_nested`)."""
+    (appended to the report's stem), `--verbose`, `--replot` (see
+    `rewrite_nested`) and `--extend` (see `run_nested`)."""
     parser.add_argument("--out", default="results")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--verbose", type=int, default=0)
@@ -855,6 +869,12 @@ def add_nested_arguments(parser):
         "--replot",
         action="store_true",
         help="recompute the summary and Markdown of the finished report from its runs, no training",
+    )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="add this command's runs to the finished report (its runs are kept) instead of "
+        "starting it again",
     )
 
 

@@ -69,6 +69,40 @@ def test_run_nested_reads_a_lazy_grid_after_the_runs_it_depends_on_and_resumes(t
     assert not (tmp_path / "s.partial.json").exists()
 
 
+def test_run_nested_extends_a_finished_report_only_when_asked(tmp_path):
+    calls = []
+
+    def run(name):
+        def go():
+            calls.append(name)
+            return {"scores": {"validation": 0.5}}
+
+        return go
+
+    command = ["small"]
+
+    def report(runs):
+        return {"runs": runs, "command": command[0]}
+
+    with pytest.raises(FileNotFoundError, match="no finished report to extend"):
+        run_nested(tmp_path, "s", [(("10", "0"), "10", run("10"))], report, json.dumps, extend=True)
+    assert calls == []
+    run_nested(tmp_path, "s", [(("10", "0"), "10", run("10"))], report, json.dumps)
+    command[0] = "large"
+    final = run_nested(
+        tmp_path, "s", [(("50", "0"), "50", run("50"))], report, json.dumps, extend=True
+    )
+    assert calls == ["10", "50"]  # the finished 10 was kept, not run again
+    assert set(final["runs"]) == {"10", "50"}
+    assert final["commands"] == ["small", "large"]
+    assert json.loads((tmp_path / "s.json").read_text()) == final
+    # Without extend the finished report is started again.
+    command[0] = "again"
+    final = run_nested(tmp_path, "s", [(("50", "0"), "50", run("50"))], report, json.dumps)
+    assert calls == ["10", "50", "50"]
+    assert set(final["runs"]) == {"50"}
+
+
 def test_cat_few_shot_runs_the_rate_grid_on_the_tuning_seeds_only(tmp_path, monkeypatch):
     cat = load_example("cat_few_shot")
     ran = []
