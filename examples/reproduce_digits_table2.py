@@ -85,13 +85,16 @@ from cfkeras.metrics import average_precision
 from cfkeras.selection import BestEpochWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reproduction import Table  # noqa: E402  (the examples' shared helpers)
+from _reproduction import Table, replot  # noqa: E402  (the examples' shared helpers)
 
+from cfkeras.reproductions import statistics  # noqa: E402
 from cfkeras.reproductions.harness import LATE_SHARE  # noqa: E402
 
 ROWS = ("chance", "original", "augmentation", "gs_sum", "gs_per_label", "gs_random")
 GS_ROWS = ("gs_sum", "gs_per_label", "gs_random")
 COLUMNS = ("validation", "test_original", "test_edited", "test_hard_edited")
+# The Holm family of the paired differences: the edited test columns.
+PRIMARY = ("test_edited", "test_hard_edited")
 # Table 2 (COCO): original, edited, hard edited; no validation column.
 PAPER = {
     "chance": (None, 5.1, 3.9, 7.8),
@@ -152,6 +155,11 @@ def parse_args(argv=None):
     parser.add_argument("--optimizer", default="adam", choices=("adam", "adadelta"))
     parser.add_argument("--tag", default=None, help="suffix of the result files")
     parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="re-render the finished report's Markdown and figures from its runs, no training",
+    )
     args = parser.parse_args(argv)
     if args.patience < LATE_SHARE * args.epochs:
         parser.error(
@@ -500,21 +508,37 @@ def grid(row, args, chosen):
 
 
 def paired_differences(report):
-    """GS rows minus the control (augmentation), by seed: mean ± standard error."""
+    """GS rows minus the control (augmentation), by seed
+    (`statistics.paired_differences`): mean ± standard error in mAP points,
+    and the paired t-test's p, Holm-corrected over the edited test columns
+    (`PRIMARY`); no test with one seed or a constant difference."""
     runs = report["runs"]
     control = runs.get("augmentation", {})
     lines = ["| paired difference (by seed) | " + " | ".join(COLUMNS) + " |"]
     lines.append("|---|" + "---|" * len(COLUMNS))
     for row in GS_ROWS:
-        seeds = sorted(set(runs.get(row, {})) & set(control), key=int)
+        seeds = set(runs.get(row, {})) & set(control)
         if len(seeds) < 2:
             continue
+        differences = statistics.paired_differences(
+            statistics.scores_by_column(runs[row], COLUMNS),
+            statistics.scores_by_column(control, COLUMNS),
+            primary=PRIMARY,
+        )
         cells = []
         for column in COLUMNS:
-            d = [
-                100 * (runs[row][s]["scores"][column] - control[s]["scores"][column]) for s in seeds
-            ]
-            cells.append(f"{np.mean(d):+.2f} ± {np.std(d, ddof=1) / np.sqrt(len(d)):.2f}")
+            d = differences.get(column)
+            if d is None:
+                cells.append("—")
+                continue
+            text = f"{d['mean']:+.2f} ± {d['se']:.2f}"
+            if d["p"] is None:
+                text += " (no test)"
+            elif "p_holm" in d:
+                text += f" (Holm {d['p_holm']:.2f})"
+            else:
+                text += f" (p {d['p']:.2f})"
+            cells.append(text)
         lines.append(f"| {LABELS[row]} − control, {len(seeds)} seeds | " + " | ".join(cells) + " |")
     return lines
 
@@ -571,7 +595,8 @@ def render_report(report):
     ]
     notes = [
         "Paired differences, GS rows − control (augmentation, λ = 0), mean ± standard "
-        "error over seeds, in mAP points:",
+        "error over seeds, in mAP points; in brackets the paired t-test's p, Holm-corrected "
+        "over the two edited test columns:",
         "",
         *paired_differences(report),
         "",
@@ -668,6 +693,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "digits_table2" + (f"_{args.tag}" if args.tag else "")
+    if args.replot:
+        return replot(out / f"{stem}.json", TABLE, render_report)
     partial = out / f"{stem}.partial.json"
     done = json.loads(partial.read_text()) if partial.exists() else {}
     tuning = done.get("tuning", {})

@@ -88,3 +88,52 @@ def test_patience_must_be_a_tenth_of_the_epochs():
     assert script.parse_args(["--epochs", "300", "--patience", "30"]).patience == 30
     with pytest.raises(SystemExit):
         script.parse_args(["--epochs", "300", "--patience", "29"])
+
+
+def test_paired_differences_are_by_seed_with_holm_over_the_edited_columns():
+    script = load_example("reproduce_digits_table2")
+    control = {0.50: 0.30, 0.52: 0.33, 0.49: 0.31}
+    gs = {0: (0.03, 0.05, 0.010), 1: (0.01, 0.02, 0.012), 2: (0.02, 0.04, 0.011)}
+
+    def run(seed, base, shift=(0.0, 0.0, 0.0)):
+        return {
+            "scores": {
+                "validation": base + shift[0],
+                "test_original": base + shift[0],
+                "test_edited": base - 0.1 + shift[1],
+                "test_hard_edited": base - 0.2 + shift[2],
+            }
+        }
+
+    bases = list(control)
+    report = {
+        "runs": {
+            "augmentation": {str(s): run(s, bases[s]) for s in range(3)},
+            "gs_sum": {str(s): run(s, bases[s], gs[s]) for s in range(3)},
+            "gs_random": {"0": run(0, bases[0])},  # one seed: no line
+        }
+    }
+    lines = script.paired_differences(report)
+    assert len(lines) == 3
+    cells = [c.strip() for c in lines[2].split("|")[2:-1]]
+    # NumPy, by hand: mean and standard error of the differences in points.
+    for column, k in (("test_original", 0), ("test_edited", 1), ("test_hard_edited", 2)):
+        d = 100 * np.array([gs[s][k] for s in range(3)])
+        se = d.std(ddof=1) / np.sqrt(3)
+        cell = cells[script.COLUMNS.index(column)]
+        assert cell.startswith(f"{d.mean():+.2f} ± {se:.2f}")
+    p_edited = float(cells[2].split("Holm ")[1].rstrip(")"))
+    p_hard = float(cells[3].split("Holm ")[1].rstrip(")"))
+    assert "p " in cells[1] and "Holm" not in cells[1]  # not in the family
+    # The hard-edited difference (1.0, 1.2, 1.1) is far steadier than the
+    # edited one (5, 2, 4): Holm multiplies its p by 2, the other's by 1.
+    assert p_hard < p_edited
+    from scipy import stats
+
+    raw = {
+        k: stats.ttest_1samp(100 * np.array([gs[s][k] for s in range(3)]), 0.0).pvalue
+        for k in (1, 2)
+    }
+    assert raw[2] < raw[1]
+    assert p_hard == pytest.approx(min(1.0, 2 * raw[2]), abs=0.006)
+    assert p_edited == pytest.approx(max(min(1.0, 2 * raw[2]), raw[1]), abs=0.006)
