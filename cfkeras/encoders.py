@@ -615,18 +615,27 @@ def cached_hidden_states(backbone, inputs, start_layer, batch_size=32, dtype="fl
 
 def _in_batches(fn, inputs, batch_size, dtype):
     """`fn` compiled with XLA and run on `inputs` (a dict of `(n, ...)` arrays)
-    `batch_size` rows at a time; the outputs concatenated as a NumPy array."""
+    `batch_size` rows at a time; the outputs concatenated as a NumPy array.
+
+    A partial last batch is padded with copies of its last row (their
+    outputs dropped), so that every call has one shape: one trace and one
+    XLA compilation, not a second for the remainder."""
     n = len(next(iter(inputs.values())))
     if n == 0:
         raise ValueError("`inputs` holds no text.")
-    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+    batch_size = min(batch_size, n)
+    compiled = tf.function(fn, jit_compile=True)
     chunks = []
     for start in range(0, n, batch_size):
-        batch = {
-            key: ops.convert_to_tensor(value[start : start + batch_size])
-            for key, value in inputs.items()
-        }
-        chunks.append(ops.convert_to_numpy(compiled(batch)).astype(dtype))
+        rows = min(batch_size, n - start)
+        batch = {}
+        for key, value in inputs.items():
+            value = np.asarray(value[start : start + rows])
+            if rows < batch_size:
+                pad = [(0, batch_size - rows)] + [(0, 0)] * (value.ndim - 1)
+                value = np.pad(value, pad, mode="edge")
+            batch[key] = ops.convert_to_tensor(value)
+        chunks.append(ops.convert_to_numpy(compiled(batch))[:rows].astype(dtype))
     return np.concatenate(chunks)
 
 

@@ -355,6 +355,23 @@ def test_frozen_mode_caches_pooled_embeddings_and_trains_a_gs_head():
         encoders.pooled_embeddings(backbone, {k: v[:0] for k, v in x.items()})
 
 
+def test_batched_inference_pads_the_last_batch_to_one_shape():
+    traced = []
+
+    def fn(batch):
+        traced.append(tuple(batch["x"].shape))  # runs once per trace
+        return batch["x"] * 2.0 + batch["y"][:, None]
+
+    x = np.arange(10 * 3, dtype="float32").reshape(10, 3)
+    y = np.arange(10, dtype="float32")
+    out = encoders._in_batches(fn, {"x": x, "y": y}, 4, "float32")
+    np.testing.assert_array_equal(out, x * 2 + y[:, None])  # 4 + 4 + 2, padding dropped
+    assert traced == [(4, 3)]  # the partial last batch did not trace again
+    traced.clear()
+    out = encoders._in_batches(fn, {"x": x[:2], "y": y[:2]}, 4, "float16")
+    assert out.dtype == np.float16 and out.shape == (2, 3) and traced == [(2, 3)]
+
+
 # === Cached lower layers ===
 
 
