@@ -310,6 +310,23 @@ def difference_text(cell):
     return f"[{text}, p {cell['diff_p']:.2f}]"
 
 
+def rates_text(by_method):
+    """How the rates of one size per class were chosen, read from its runs
+    `{method: {lr: {seed: run}}}` (a report extended by several commands
+    holds several grids, so the last command's arguments do not say it)."""
+    cells = [by_seed for by_lr in by_method.values() for by_seed in by_lr.values()]
+    rates = sorted({lr for by_lr in by_method.values() for lr in by_lr}, key=float)
+    epochs = sorted({run["epochs"] for by_seed in cells for run in by_seed.values()})
+    text = f"{', '.join(map(str, epochs))} epochs; "
+    if len(rates) == 1:
+        return text + f"lr {rates[0]} for every method and seed (no grid)."
+    tune = sorted(set.intersection(*(set(by_seed) for by_seed in cells)), key=int)
+    return text + (
+        f"lr chosen on validation accuracy from {', '.join(rates)}, every rate run on seeds "
+        f"{', '.join(tune)}, the other seeds at the chosen rate."
+    )
+
+
 def render(report):
     dataset, columns = report["args"]["dataset"], COLUMNS[report["args"]["dataset"]]
     lines = [
@@ -322,16 +339,15 @@ def render(report):
         "",
         "Cells: accuracy %, mean ± std over seeds; for CAT* and CAT, [paired difference "
         "to ERM, same seeds, in points: mean ± standard error, paired t-test p; Holm's p "
-        f"over the test columns {', '.join(PRIMARY[dataset])}]. lr: chosen on validation accuracy "
-        f"from {report['args']['learning_rates']}, every rate run on seeds "
-        f"{report['args']['tune_seeds']}, the other seeds "
-        "at the chosen rate. Paper (BERT-base, full data sampling, own test set) in the "
-        "last column.",
+        f"over the test columns {', '.join(PRIMARY[dataset])}]. Paper (BERT-base, full data "
+        "sampling, own test set) in the last column.",
         "",
     ]
     for per_class, by_method in report["summary"].items():
         lines += [
             f"## {per_class} examples per class",
+            "",
+            rates_text(report["runs"][per_class]),
             "",
             "| method | lr | " + " | ".join(columns) + " | best epochs | paper |",
             "|---|---|" + "---|" * (len(columns) + 2),

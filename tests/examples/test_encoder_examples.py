@@ -163,6 +163,24 @@ def test_cat_few_shot_runs_the_rate_grid_on_the_tuning_seeds_only(tmp_path, monk
         f"Holm {cell['diff_p_holm']:.2f}" in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
     )
 
+    # --extend adds 50 per class at one rate to the finished report.
+    quality.update({("erm", 6e-5): 0.5, ("cat", 6e-5): 0.55})
+    ran.clear()
+    argv50 = "--dataset snli --per-class 50 --methods erm cat --seeds 0 1 2"
+    cat.main([*argv50.split(), "--learning-rates", "6e-5", "--out", str(tmp_path), "--extend"])
+    assert sorted(ran) == sorted((m, 6e-5, s) for m in ("erm", "cat") for s in (0, 1, 2))
+    report = json.loads((tmp_path / "cat_few_shot_snli_cached.json").read_text())
+    assert set(report["summary"]) == {"10", "50"}
+    assert report["runs"]["10"]["cat"]["2e-05"]["0"]["scores"] == runs["0"]["scores"]
+    assert len(report["commands"]) == 2
+    markdown = (tmp_path / "cat_few_shot_snli_cached.md").read_text()
+    # Each size says how its rates were chosen (not the last command's grid).
+    assert "30 epochs; lr chosen on validation accuracy from 2e-05, 0.0001, every rate run on " in (
+        markdown
+    )
+    assert "seeds 0, 1, the other seeds at the chosen rate." in markdown
+    assert "30 epochs; lr 6e-05 for every method and seed (no grid)." in markdown
+
 
 def test_gs_encoder_pairs_gs_with_its_control_by_seed_with_holm():
     from scipy import stats
