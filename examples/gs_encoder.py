@@ -107,14 +107,13 @@ Usage (IMDb's OOD sets from `--ood-dir`; `<rate>`: the learning rate the
   python examples/gs_encoder.py --mode full --dataset imdb --ood-dir ../shared/data/ood
   python examples/gs_encoder.py --mode full --dataset snli
 
-SNLI with all pairs in two commands of ~85 and ~55 min (the second resumes
-from the first's report):
+SNLI with all pairs in two commands of ~85 and ~55 min (the second adds
+seeds 3-4 to the first's finished report, `--extend`):
 
   python examples/gs_encoder.py --mode upper --dataset snli --pairs all --epochs 2 \
       --learning-rates <rate> --tag all --seeds 0 1 2
-  cp results/gs_encoder_upper_snli_all.json results/gs_encoder_upper_snli_all.partial.json
   python examples/gs_encoder.py --mode upper --dataset snli --pairs all --epochs 2 \
-      --learning-rates <rate> --tag all
+      --learning-rates <rate> --tag all --extend
 """
 
 import argparse
