@@ -37,15 +37,17 @@ TABLE_REPORTS = (
 )
 FEW = ("imdb_few_counterfactuals_evidence.json", "IMDb", "paper's BoE ensemble")
 DIGITS = ("digits_table2.json", "digit canvases (mAP)", "multi-label CNN features")
-# `examples/gs_encoder.py`'s reports, by mode (`gs_encoder_<mode>_<dataset>`).
+# `examples/gs_encoder.py`'s reports, by mode (`gs_encoder_<mode>_<dataset>`;
+# the fine-tuned modes' all-pairs runs have their own, `..._all`).
 ENCODERS = tuple(
-    (f"gs_encoder_{mode}_{dataset.lower()}.json", dataset, setting)
-    for mode, setting in (
-        ("frozen", "frozen MiniLM + MLP head"),
-        ("upper", "MiniLM layers 4–5 + MLP head fine-tuned"),
-        ("full", "MiniLM fully fine-tuned + MLP head"),
+    (f"gs_encoder_{mode}_{dataset.lower()}{tag}.json", dataset, setting)
+    for mode, setting, tags in (
+        ("frozen", "frozen MiniLM + MLP head", ("",)),
+        ("upper", "MiniLM layers 4–5 + MLP head fine-tuned", ("", "_all")),
+        ("full", "MiniLM fully fine-tuned + MLP head", ("", "_all")),
     )
     for dataset in ("IMDb", "SNLI")
+    for tag in tags
 )
 # Columns shown (the primary columns of each report, i.e. its Holm family).
 IMDB_COLUMNS = ("test_edited", "amazon", "twitter", "yelp")

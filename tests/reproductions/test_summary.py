@@ -87,6 +87,7 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
         ("MiniLM layers 4–5 + MLP head fine-tuned, 100 pairs", "test_revised_premise", -2.0)
     ]
     assert "gs_encoder_full_imdb.json" in report["missing"]
+    assert "gs_encoder_upper_imdb_all.json" in report["missing"]
     assert report["verdict"] == {"differences": 5, "significant_gain": 1, "significant_loss": 0}
     assert out.with_suffix(".png").stat().st_size > 0
     markdown = out.with_suffix(".md").read_text()
