@@ -15,6 +15,7 @@ command is in it (`sources` of the output names each file).
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,18 @@ def interval(mean, se, n, level=0.95):
     return [mean - half, mean + half]
 
 
-def entry(dataset, setting, comparison, column, d, source):
-    """One row of the summary from a paired-difference cell `d`."""
+def late_majority(best_epochs, epochs):
+    """Whether most runs have their best epoch in the last `LATE_SHARE` of
+    `epochs` (the reports' "not converged" rule)."""
+    late = max(1, math.ceil(harness.LATE_SHARE * epochs))
+    n_late = sum(int(b) > epochs - late for b in best_epochs)
+    return bool(best_epochs) and n_late > len(best_epochs) / 2
+
+
+def entry(dataset, setting, comparison, column, d, source, converged=None):
+    """One row of the summary from a paired-difference cell `d`; `converged`:
+    False when the GS row or its control is not converged by its report's
+    rule, None when the report does not say (early stopping, or no flag)."""
     by_seed = d.get("by_seed")
     n = d.get("n") or (len(by_seed) if by_seed is not None else 0)
     return {
@@ -95,6 +106,7 @@ def entry(dataset, setting, comparison, column, d, source):
         "p": d.get("p"),
         "p_holm": d.get("p_holm"),
         "source": source,
+        "converged": converged,
     }
 
 
@@ -117,15 +129,19 @@ def collect(results):
         if report is None:
             continue
         columns = IMDB_COLUMNS if dataset == "IMDb" else SNLI_COLUMNS
+        convergence = report.get("convergence", {})
         for row, label in GS_ROWS.items():
             d = report.get("differences", {}).get(row)
             if d is None:
                 continue
+            flags = [convergence[r]["converged"] for r in (row, d["control"]) if r in convergence]
+            converged = all(flags) if flags else None
             for column in columns:
                 if column in d["columns"]:
                     comparison = f"{label} − {d['control']}"
+                    cell = d["columns"][column]
                     entries.append(
-                        entry(dataset, setting, comparison, column, d["columns"][column], name)
+                        entry(dataset, setting, comparison, column, cell, name, converged)
                     )
 
     report = load(FEW[0])
@@ -152,17 +168,35 @@ def collect(results):
                 entry(DIGITS[1], DIGITS[2], "+ GS (sum) − control", column, d[column], DIGITS[0])
             )
 
-    for name, dataset, setting in ENCODERS:
+    expected = {name for name, _, _ in ENCODERS}
+    tagged = []  # other runs of the same command, e.g. `--epochs 16 --tag epochs16`
+    for path in sorted(results.glob("gs_encoder_*_*_*.json")):
+        for name, dataset, setting in ENCODERS:
+            stem = name.removesuffix(".json")
+            if path.name not in expected and path.name.startswith(stem + "_"):
+                tag = path.stem[len(stem) + 1 :]
+                tagged.append((path.name, dataset, f"{setting}, {tag}"))
+    for name, dataset, setting in (*ENCODERS, *tagged):
         report = load(name)
         if report is None:
             continue
         columns = IMDB_COLUMNS if dataset == "IMDb" else SNLI_COLUMNS
+        epochs = report.get("args", {}).get("epochs")
         for pairs, summary in report["summary"].items():
+            converged = None
+            if epochs:
+                converged = not any(
+                    late_majority(summary[row]["best_epochs"], epochs)
+                    for row in ("control", "gs")
+                    if row in summary and "best_epochs" in summary[row]
+                )
             for column in columns:
                 d = summary["difference"].get(column)
                 if d is not None:
                     label = f"{setting}, {pairs} pairs"
-                    entries.append(entry(dataset, label, "+ GS − control", column, d, name))
+                    entries.append(
+                        entry(dataset, label, "+ GS − control", column, d, name, converged)
+                    )
     return entries, sources, missing
 
 
@@ -170,7 +204,16 @@ def verdict(entries):
     """Counts of the differences: significant after Holm, up or down."""
     up = [e for e in entries if e["p_holm"] is not None and e["p_holm"] < 0.05 and e["mean"] > 0]
     down = [e for e in entries if e["p_holm"] is not None and e["p_holm"] < 0.05 and e["mean"] < 0]
-    return {"differences": len(entries), "significant_gain": len(up), "significant_loss": len(down)}
+    return {
+        "differences": len(entries),
+        "significant_gain": len(up),
+        "significant_loss": len(down),
+        # Of the significant ones, those whose GS row or control is not converged.
+        "significant_not_converged": sum(e["converged"] is False for e in up + down),
+    }
+
+
+CONVERGED = {True: "yes", False: "**no**", None: "—"}
 
 
 def fmt(value, digits=2, sign=True):
@@ -193,10 +236,23 @@ def render(report):
         "primary columns.",
         "",
         f"**{v['differences']} differences; significant after Holm: "
-        f"{v['significant_gain']} in favour of GS, {v['significant_loss']} against it.**",
+        f"{v['significant_gain']} in favour of GS, {v['significant_loss']} against it"
+        + (
+            f" ({v['significant_not_converged']} of these from a comparison whose GS row or "
+            "control is not converged)"
+            if v.get("significant_not_converged")
+            else ""
+        )
+        + ".**",
         "",
-        "| dataset | setting | comparison | column | n | mean ± s.e. | 95 % CI | p | Holm p |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Converged: **no** when the GS row or its control has its best epoch in the last "
+        f"{100 * harness.LATE_SHARE:.0f} % of the epochs for most seeds (its report flags "
+        "it: not an answer until re-run longer); — when the report does not say (early "
+        "stopping, or an older report without the flag).",
+        "",
+        "| dataset | setting | comparison | column | n | mean ± s.e. | 95 % CI | p | Holm p "
+        "| converged |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in report["entries"]:
         ci = e["ci95"]
@@ -205,7 +261,7 @@ def render(report):
         lines.append(
             f"| {e['dataset']} | {e['setting']} | {e['comparison']} | {e['column']} | {e['n']} "
             f"| {fmt(e['mean'])}{se} | {ci} | {fmt(e['p'], 3, False)} "
-            f"| {fmt(e['p_holm'], 3, False)} |"
+            f"| {fmt(e['p_holm'], 3, False)} | {CONVERGED[e.get('converged')]} |"
         )
     lines += ["", "Sources:", ""]
     for source in report["sources"]:

@@ -41,6 +41,8 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     }
     imdb_report = table_report(imdb)
     imdb_report["commands"] = ["cfkeras-reproduce imdb --seeds 0 1", "cfkeras-reproduce imdb ..."]
+    # Its control is flagged not converged: so is every comparison with it.
+    imdb_report["convergence"] = {"gs": {"converged": True}, "control": {"converged": False}}
     (tmp_path / "imdb_table3_evidence.json").write_text(json.dumps(imdb_report))
     digits = {
         "command": "python examples/reproduce_digits_table2.py",
@@ -69,6 +71,13 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
         },
     }
     (tmp_path / "gs_encoder_upper_snli.json").write_text(json.dumps(upper))
+    # The same command again with more epochs and a tag; 8 epochs: epoch 8 is
+    # the last tenth, so a row with 2 of 3 best epochs there is not converged.
+    longer = json.loads(json.dumps(upper))
+    longer["args"] = {"epochs": 8}
+    longer["summary"]["100"]["control"] = {"best_epochs": [8, 8, 3]}
+    longer["summary"]["100"]["gs"] = {"best_epochs": [8, 2, 3]}
+    (tmp_path / "gs_encoder_upper_snli_epochs16.json").write_text(json.dumps(longer))
     out = tmp_path / "out" / "evidence_summary"
     report = summary.main(["--results", str(tmp_path), "--out", str(out)])
 
@@ -86,12 +95,27 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     assert [(e["setting"], e["column"], e["mean"]) for e in upper_entries] == [
         ("MiniLM layers 4–5 + MLP head fine-tuned, 100 pairs", "test_revised_premise", -2.0)
     ]
+    assert upper_entries[0]["converged"] is None  # no epochs in the report: unknown
+    tagged = [e for e in report["entries"] if e["source"] == "gs_encoder_upper_snli_epochs16.json"]
+    assert [(e["setting"], e["converged"]) for e in tagged] == [
+        ("MiniLM layers 4–5 + MLP head fine-tuned, epochs16, 100 pairs", False)
+    ]
+    assert [e["converged"] for e in imdb_entries] == [False, False]
+    assert [e["converged"] for e in digit_entries] == [None, None]
+    assert "gs_encoder_upper_snli_epochs16.json" not in report["missing"]
     assert "gs_encoder_full_imdb.json" in report["missing"]
     assert "gs_encoder_upper_imdb_all.json" in report["missing"]
-    assert report["verdict"] == {"differences": 5, "significant_gain": 1, "significant_loss": 0}
+    assert report["verdict"] == {
+        "differences": 6,
+        "significant_gain": 1,
+        "significant_loss": 0,
+        "significant_not_converged": 1,
+    }
     assert out.with_suffix(".png").stat().st_size > 0
     markdown = out.with_suffix(".md").read_text()
-    assert "1 in favour of GS, 0 against it" in markdown
+    assert "1 in favour of GS, 0 against it (1 of these from a comparison whose" in markdown
+    assert "| test_edited | 3 | +2.00 ± 0.58 |" in markdown
+    assert markdown.count("| **no** |") == 3
     # Every command of a report resumed by several is named, in order; a
     # report with one command (digits) keeps the one-line form.
     sources = {s["file"]: s["commands"] for s in report["sources"]}
