@@ -70,7 +70,6 @@ runs are kept in `<stem>.partial.json` and skipped when re-run.
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -88,7 +87,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reproduction import Table, replot  # noqa: E402  (the examples' shared helpers)
 
 from cfkeras.reproductions import statistics  # noqa: E402
-from cfkeras.reproductions.harness import LATE_SHARE  # noqa: E402
+from cfkeras.reproductions.harness import LATE_SHARE, is_late  # noqa: E402
 
 ROWS = ("chance", "original", "augmentation", "gs_sum", "gs_per_label", "gs_random")
 GS_ROWS = ("gs_sum", "gs_per_label", "gs_random")
@@ -566,7 +565,7 @@ def tuning_table(report):
             value = f"**{value}**"
         ran = result.get("epochs_run", "?")
         best = f"{result['best_epoch']}/{ran}"
-        if ran != "?" and result["best_epoch"] > ran - math.ceil(LATE_SHARE * ran):
+        if ran != "?" and is_late(result["best_epoch"], ran):
             best += " (last tenth: still improving)"
         lines.append(f"| {row} | {lr:g} | {weight:g} | {value} | {best} |")
     return lines

@@ -39,6 +39,25 @@ LATE_SHARE = 0.1
 PROGRAM = None
 
 
+def first_late_epoch(epochs):
+    """The first epoch of the last `LATE_SHARE` of `epochs` (at least the last
+    epoch): a best epoch from there on means "maybe not converged"."""
+    return epochs - max(1, math.ceil(LATE_SHARE * epochs)) + 1
+
+
+def is_late(best_epoch, epochs):
+    """Whether a run of `epochs` epochs had its best epoch in their last
+    `LATE_SHARE`."""
+    return int(best_epoch) >= first_late_epoch(epochs)
+
+
+def late_majority(best_epochs, epochs):
+    """Whether most runs of `epochs` epochs had their best epoch late
+    (`is_late`): the reports' "not converged" rule."""
+    n_late = sum(is_late(b, epochs) for b in best_epochs)
+    return bool(best_epochs) and n_late > len(best_epochs) / 2
+
+
 def machine_description():
     """The machine line of every report: architecture, cores, versions."""
     return (
@@ -426,22 +445,18 @@ class Table:
         last `LATE_SHARE` of the epochs they ran (`late_runs`; a run's
         `epochs_run`, when it stopped early, else `epochs`), and `converged`
         False when that is so for most seeds."""
-        late = max(1, math.ceil(LATE_SHARE * epochs))
         out = {}
         for row, by_seed in runs.items():
             best = [int(r["best_epoch"]) for r in by_seed.values()]
-            late_runs = []
-            for seed, r in by_seed.items():
-                ran = int(r.get("epochs_run", epochs))
-                if int(r["best_epoch"]) > ran - max(1, math.ceil(LATE_SHARE * ran)):
-                    late_runs.append(seed)
+            ran = [int(r.get("epochs_run", epochs)) for r in by_seed.values()]
+            late_runs = [s for s, b, n in zip(by_seed, best, ran) if is_late(b, n)]
             n_late = len(late_runs)
             out[row] = {
                 "best_epochs": best,
-                "epochs_run": [int(r.get("epochs_run", epochs)) for r in by_seed.values()],
+                "epochs_run": ran,
                 "late_seeds": n_late,
                 "late_runs": late_runs,
-                "late_from_epoch": epochs - late + 1,
+                "late_from_epoch": first_late_epoch(epochs),
                 "converged": not (best and n_late > len(best) / 2),
             }
         return out

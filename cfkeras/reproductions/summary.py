@@ -15,7 +15,6 @@ command is in it (`sources` of the output names each file).
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +77,6 @@ def interval(mean, se, n, level=0.95):
         return None
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     return [mean - half, mean + half]
-
-
-def late_majority(best_epochs, epochs):
-    """Whether most runs have their best epoch in the last `LATE_SHARE` of
-    `epochs` (the reports' "not converged" rule)."""
-    late = max(1, math.ceil(harness.LATE_SHARE * epochs))
-    n_late = sum(int(b) > epochs - late for b in best_epochs)
-    return bool(best_epochs) and n_late > len(best_epochs) / 2
 
 
 def entry(dataset, setting, comparison, column, d, source, converged=None):
@@ -186,7 +177,7 @@ def collect(results):
             converged = None
             if epochs:
                 converged = not any(
-                    late_majority(summary[row]["best_epochs"], epochs)
+                    harness.late_majority(summary[row]["best_epochs"], epochs)
                     for row in ("control", "gs")
                     if row in summary and "best_epochs" in summary[row]
                 )

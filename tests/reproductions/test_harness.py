@@ -292,3 +292,11 @@ def test_the_rates_named_are_those_each_row_was_chosen_from():
     assert harness.rates_text(report) == "[1, 3] (control); [1, 3, 10] (gs); [3] (gs_random)"
     assert harness.rates_text({"args": {"learning_rates": [0.5, 2.0]}}) == "[0.5, 2]"
     assert harness.rates_text({"grid": {"original": {}}, "args": {}}) is None
+
+
+def test_late_epochs_are_the_last_tenth_and_at_least_the_last_one():
+    assert harness.first_late_epoch(100) == 91 and harness.first_late_epoch(150) == 136
+    assert harness.first_late_epoch(16) == 15 and harness.first_late_epoch(8) == 8
+    assert harness.is_late(91, 100) and not harness.is_late(90, 100)
+    assert harness.late_majority([8, 8, 3], 8) and not harness.late_majority([8, 2, 3], 8)
+    assert not harness.late_majority([], 8)
