@@ -431,11 +431,20 @@ def key(lr, gs_weight):
     return f"lr={lr:g},gs={gs_weight:g}"
 
 
-def summarize(runs, dataset, seeds):
+def summarize(runs, dataset):
     """Per size: the setting of each row with the best mean validation
-    accuracy over `seeds`, its columns, and GS − control by seed."""
+    accuracy over the size's seeds, its columns, and GS − control by seed.
+
+    The seeds are read from the runs, not from the last command's `--seeds`:
+    a report extended by a second command (`--extend --seeds 3 4`) holds the
+    seeds of both. They are those that every row has run (in some setting),
+    so that a cut report summarizes the seeds both rows share."""
     summary = {}
     for size, by_row in runs.items():
+        seeds = sorted(
+            set.intersection(*(set().union(*map(set, r.values())) for r in by_row.values())),
+            key=int,
+        )
         chosen = {}
         for row, by_setting in by_row.items():
             complete = {s: r for s, r in by_setting.items() if all(str(k) in r for k in seeds)}
@@ -451,6 +460,7 @@ def summarize(runs, dataset, seeds):
             cells[row] = {
                 "setting": setting,
                 "best_epochs": [runs_row[str(k)]["best_epoch"] for k in seeds],
+                "seeds": [int(k) for k in seeds],
             }
             for column in COLUMNS[dataset]:
                 values = np.array([100 * runs_row[str(k)]["scores"][column] for k in seeds])
@@ -460,10 +470,10 @@ def summarize(runs, dataset, seeds):
                 }
         if len(chosen) == 2 and len(seeds) > 1:
             gs, control = (by_row[r][chosen[r]] for r in ("gs", "control"))
-            on_seeds = lambda row: {str(k): row[str(k)] for k in seeds}  # noqa: E731
+            gs, control = ({k: row[k] for k in seeds} for row in (gs, control))
             cells["difference"] = paired_differences(
-                scores_by_column(on_seeds(gs), COLUMNS[dataset]),
-                scores_by_column(on_seeds(control), COLUMNS[dataset]),
+                scores_by_column(gs, COLUMNS[dataset]),
+                scores_by_column(control, COLUMNS[dataset]),
                 primary=PRIMARY[dataset],
             )
         summary[size] = cells
@@ -481,16 +491,17 @@ def render(report):
         f"Machine: {report['machine']}; wall time {report['wall_seconds'] / 60:.1f} min "
         "(this invocation).",
         "",
-        "Accuracy %, mean ± std over seeds "
-        f"{report['args']['seeds']}; the control is augmentation on the same pair batches "
+        "Accuracy %, mean ± std over the seeds each section names; the control is "
+        "augmentation on the same pair batches "
         "(λ = 0); settings chosen on validation. Difference: GS − control by seed, mean ± "
         "standard error, paired t-test p (Holm-corrected over the primary columns "
         f"{', '.join(PRIMARY[dataset])}).",
         "",
     ]
     for size, cells in report["summary"].items():
+        seeds = next((c["seeds"] for c in cells.values() if "seeds" in c), [])
         lines += [
-            f"## {size} training pairs",
+            f"## {size} training pairs (seeds {', '.join(map(str, seeds))})",
             "",
             "| row | setting | " + " | ".join(columns) + " | best epochs |",
             "|---|---|" + "---|" * (len(columns) + 1),
@@ -554,7 +565,7 @@ def main(argv=None):
         rewrite_nested(
             args.out,
             stem,
-            lambda r: {**r, "summary": summarize(r["runs"], args.dataset, r["args"]["seeds"])},
+            lambda r: {**r, "summary": summarize(r["runs"], args.dataset)},
             render,
         )
         return
@@ -576,7 +587,7 @@ def main(argv=None):
             "args": vars(args),
             "wall_seconds": round(time.perf_counter() - start, 1),
             "runs": runs,
-            "summary": summarize(runs, args.dataset, args.seeds),
+            "summary": summarize(runs, args.dataset),
         }
 
     settings = [("control", lr, 0.0) for lr in args.learning_rates]

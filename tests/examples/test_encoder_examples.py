@@ -202,7 +202,7 @@ def test_gs_encoder_pairs_gs_with_its_control_by_seed_with_holm():
         "test_revised_hypothesis": [0.51, 0.55, 0.54],  # +1, +3, 0
     }
     runs = {"100": {"control": {"lr=1e-05,gs=0": row(control)}, "gs": {"lr=1e-05,gs=1": row(gs)}}}
-    d = script.summarize(runs, "snli", [0, 1, 2])["100"]["difference"]
+    d = script.summarize(runs, "snli")["100"]["difference"]
     assert d["test_revised_premise"]["mean"] == pytest.approx(2.0)
     p = {
         c: stats.ttest_1samp(v, 0).pvalue
@@ -224,6 +224,35 @@ def test_gs_encoder_pairs_gs_with_its_control_by_seed_with_holm():
         "machine": "m",
         "wall_seconds": 1.0,
         "args": {"dataset": "snli", "seeds": [0, 1, 2], "mode": "upper"},
-        "summary": {"100": {**script.summarize(runs, "snli", [0, 1, 2])["100"]}},
+        "summary": {"100": {**script.summarize(runs, "snli")["100"]}},
     }
-    assert "(no test: no spread over the seeds)" in script.render(report)
+    markdown = script.render(report)
+    assert "(no test: no spread over the seeds)" in markdown
+    assert "## 100 training pairs (seeds 0, 1, 2)" in markdown
+
+
+def test_gs_encoder_summarizes_the_seeds_of_its_runs_not_of_the_last_command():
+    """A report extended by a second command (`--extend --seeds 3 4`) is
+    summarized over every seed it holds; a seed only one row has run (a cut
+    report) is left out of both rows."""
+    script = load_example("gs_encoder")
+    columns = script.COLUMNS["snli"]
+
+    def row(offset, seeds):
+        return {
+            str(k): {"scores": {c: 0.5 + offset + 0.01 * k for c in columns}, "best_epoch": k + 1}
+            for k in seeds
+        }
+
+    runs = {
+        "all": {
+            "control": {"lr=0.0001,gs=0": row(0.0, range(6))},
+            "gs": {"lr=0.0001,gs=1": row(0.02, range(5))},  # seed 5: control only
+        }
+    }
+    summary = script.summarize(runs, "snli")["all"]
+    assert summary["control"]["seeds"] == summary["gs"]["seeds"] == [0, 1, 2, 3, 4]
+    assert summary["control"]["best_epochs"] == [1, 2, 3, 4, 5]
+    assert summary["control"]["validation"]["mean"] == pytest.approx(52.0)
+    d = summary["difference"]["validation"]
+    assert d["n"] == 5 and d["mean"] == pytest.approx(2.0)
