@@ -69,7 +69,7 @@ from cfkeras.reproductions.harness import (
     rewrite_nested,
     run_nested,
 )
-from cfkeras.reproductions.statistics import paired_differences, scores_by_column
+from cfkeras.reproductions.statistics import difference_text, paired_differences, scores_by_column
 
 METHODS = ("erm", "cat_star", "cat")
 LABELS = {"erm": "ERM", "cat_star": "CAT* (no CAL)", "cat": "CAT"}
@@ -299,15 +299,11 @@ def summarize(runs, dataset):
     return summary
 
 
-def difference_text(cell):
-    """`[+0.4 ± 0.4, p 0.38]`, Holm's p for a primary column; no test when
-    the difference did not vary over the seeds."""
-    text = f"{cell['diff_mean']:+.1f} ± {cell['diff_se']:.1f}"
-    if cell.get("diff_p") is None:
-        return f"[{text}, no test]"
-    if "diff_p_holm" in cell:
-        return f"[{text}, Holm {cell['diff_p_holm']:.2f}]"
-    return f"[{text}, p {cell['diff_p']:.2f}]"
+def bracketed_difference(cell):
+    """`[+0.4 ± 0.4, p 0.380, Holm 0.760]` after a method's mean ± std (one
+    decimal, as the accuracies beside it)."""
+    d = {key: cell.get(f"diff_{key}") for key in ("mean", "se", "p", "p_holm")}
+    return f"[{difference_text(d, digits=1)}]"
 
 
 def rates_text(by_method):
@@ -338,8 +334,9 @@ def render(report):
         "(this invocation).",
         "",
         "Cells: accuracy %, mean ± std over seeds; for CAT* and CAT, [paired difference "
-        "to ERM, same seeds, in points: mean ± standard error, paired t-test p; Holm's p "
-        f"over the test columns {', '.join(PRIMARY[dataset])}]. Paper (BERT-base, full data "
+        "to ERM, same seeds, in points: mean ± standard error, paired t-test p, Holm's p "
+        f"over the test columns {', '.join(PRIMARY[dataset])}; `*`: significant at 5 % after "
+        "Holm]. Paper (BERT-base, full data "
         "sampling, own test set) in the last column.",
         "",
     ]
@@ -359,7 +356,7 @@ def render(report):
                 cell = cells[column]
                 value = f"{cell['mean']:.1f} ± {cell['std']:.1f}"
                 if "diff_mean" in cell:
-                    value += " " + difference_text(cell)
+                    value += " " + bracketed_difference(cell)
                 text.append(value)
             reference = paper[METHODS.index(method)] if paper else "—"
             lines.append(

@@ -138,7 +138,7 @@ from cfkeras.reproductions.harness import (
     rewrite_nested,
     run_nested,
 )
-from cfkeras.reproductions.statistics import paired_differences, scores_by_column
+from cfkeras.reproductions.statistics import difference_text, paired_differences, scores_by_column
 
 ROWS = ("control", "gs")
 COLUMNS = {
@@ -494,8 +494,9 @@ def render(report):
         "Accuracy %, mean ± std over the seeds each section names; the control is "
         "augmentation on the same pair batches "
         "(λ = 0); settings chosen on validation. Difference: GS − control by seed, mean ± "
-        "standard error, paired t-test p (Holm-corrected over the primary columns "
-        f"{', '.join(PRIMARY[dataset])}).",
+        "standard error, paired t-test p, its Holm correction over the primary columns "
+        f"{', '.join(PRIMARY[dataset])}; `*`: significant at 5 % (after Holm for a primary "
+        "column).",
         "",
     ]
     for size, cells in report["summary"].items():
@@ -516,16 +517,8 @@ def render(report):
             )
         if "difference" in cells:
             d = cells["difference"]
-            text = []
-            for col in columns:
-                cell = f"{d[col]['mean']:+.2f} ± {d[col]['se']:.2f} "
-                if d[col]["p"] is None:
-                    cell += "(no test: no spread over the seeds)"
-                else:
-                    cell += f"(p {d[col]['p']:.3f}"
-                    cell += f", Holm {d[col]['p_holm']:.3f})" if "p_holm" in d[col] else ")"
-                text.append(cell)
-            lines.append("| GS − control | | " + " | ".join(text) + " | |")
+            text = " | ".join(difference_text(d[col]) for col in columns)
+            lines.append(f"| GS − control | | {text} | |")
         lines.append("")
     return "\n".join(lines)
 

@@ -530,14 +530,7 @@ def paired_differences(report):
             if d is None:
                 cells.append("—")
                 continue
-            text = f"{d['mean']:+.2f} ± {d['se']:.2f}"
-            if d["p"] is None:
-                text += " (no test)"
-            elif "p_holm" in d:
-                text += f" (Holm {d['p_holm']:.2f})"
-            else:
-                text += f" (p {d['p']:.2f})"
-            cells.append(text)
+            cells.append(statistics.difference_text(d))
         lines.append(f"| {LABELS[row]} − control, {len(seeds)} seeds | " + " | ".join(cells) + " |")
     return lines
 
@@ -594,8 +587,8 @@ def render_report(report):
     ]
     notes = [
         "Paired differences, GS rows − control (augmentation, λ = 0), mean ± standard "
-        "error over seeds, in mAP points; in brackets the paired t-test's p, Holm-corrected "
-        "over the two edited test columns:",
+        "error over seeds, in mAP points, the paired t-test's p and its Holm correction "
+        "over the two edited test columns (`*`: significant at 5 % after Holm):",
         "",
         *paired_differences(report),
         "",

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cfkeras.reproductions import harness, imdb_table3
+from cfkeras.reproductions.statistics import difference_text
 
 ROWS = ("original", "augmentation", "control", "gs")
 
@@ -165,7 +166,7 @@ def render(report):
     lines += [
         "",
         "## + GS − control by seed (points; mean ± s.e., paired t-test p, Holm over "
-        f"{', '.join(report['primary'])})",
+        f"{', '.join(report['primary'])}; `*`: significant at 5 %, after Holm there)",
         "",
         "| k | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -177,14 +178,7 @@ def render(report):
             if c not in d:
                 cells.append("—")
                 continue
-            cell = f"{d[c]['mean']:+.2f}"
-            if d[c]["se"] is not None:
-                cell += f" ± {d[c]['se']:.2f}"
-            if d[c]["p"] is not None:
-                cell += f", p {d[c]['p']:.3f}"
-            if "p_holm" in d[c]:
-                cell += f", Holm {d[c]['p_holm']:.3f}"
-            cells.append(cell)
+            cells.append(difference_text(d[c]))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

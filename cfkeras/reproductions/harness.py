@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cfkeras.reproductions.statistics import paired_differences, scores_by_column
+from cfkeras.reproductions.statistics import difference_text, paired_differences, scores_by_column
 
 # Arguments that may change between a cut-short run and its resumption.
 RESUMABLE_CHANGES = (
@@ -605,16 +605,7 @@ class Table:
                 if d is None:
                     cells.append("—")
                     continue
-                cell = f"{d['mean']:+.2f}"
-                if d["se"] is not None:
-                    cell += f" ± {d['se']:.2f}"
-                if d["p"] is not None:
-                    cell += f", p {d['p']:.3f}"
-                if "p_holm" in d:
-                    cell += f", Holm {d['p_holm']:.3f}"
-                if d.get("significant_holm", d["significant"] if column not in primary else False):
-                    cell += " *"
-                cells.append(cell)
+                cells.append(difference_text(d))
             lines.append(
                 f"| {self.labels[row]} − {self.labels[entry['control']]} | "
                 + " | ".join(cells)

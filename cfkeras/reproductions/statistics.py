@@ -3,7 +3,8 @@
 `paired_differences` takes the per-seed scores of a treatment row and of its
 step-matched control and returns, per column, the differences by seed, their
 mean, standard error, a two-sided paired t-test, and the Holm correction over
-the primary columns; `scores_by_column` makes its inputs from a row's runs.
+the primary columns; `scores_by_column` makes its inputs from a row's runs;
+`difference_text` writes one of its columns the way every report does.
 """
 
 import math
@@ -91,3 +92,28 @@ def paired_differences(treatment, control, primary=(), alpha=0.05, scale=100.0):
         out[column]["p_holm"] = running
         out[column]["significant_holm"] = running < alpha
     return out
+
+
+def difference_text(d, digits=2, alpha=0.05):
+    """One paired difference as every report writes it:
+    `+1.23 ± 0.45, p 0.031, Holm 0.093`, `*` when significant (Holm-corrected
+    for a primary column), `no test (...)` when there is none (one seed, or
+    no spread over the seeds).
+
+    Args:
+        d: a column of `paired_differences` (`mean`, `se`, `p`, and
+            `p_holm` for a primary column).
+        digits: decimals of the mean and its standard error (p-values: 3).
+        alpha: the level of the star.
+    """
+    text = f"{d['mean']:+.{digits}f}"
+    if d.get("se") is None:
+        return text + ", no test (one seed)"
+    text += f" ± {d['se']:.{digits}f}"
+    if d.get("p") is None:
+        return text + ", no test (no spread over the seeds)"
+    text += f", p {d['p']:.3f}"
+    if d.get("p_holm") is not None:
+        text += f", Holm {d['p_holm']:.3f}"
+    reference = d["p"] if d.get("p_holm") is None else d["p_holm"]
+    return text + (" *" if reference < alpha else "")

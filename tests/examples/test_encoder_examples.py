@@ -142,7 +142,7 @@ def test_cat_few_shot_runs_the_rate_grid_on_the_tuning_seeds_only(tmp_path, monk
     assert summary["cat"]["test_original"]["diff_mean"] == pytest.approx(10.0)
     # The same 10 points on every seed: no spread, so no test (not p = 0).
     assert summary["cat"]["test_original"]["diff_p"] is None
-    assert "[+10.0 ± 0.0, no test]" in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
+    assert "[+10.0 ± 0.0, no test (no spread over the seeds)]" in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
 
     # --replot recomputes the summary from the runs, trains nothing.
     runs = report["runs"]["10"]["cat"]["2e-05"]
@@ -227,7 +227,8 @@ def test_gs_encoder_pairs_gs_with_its_control_by_seed_with_holm():
         "summary": {"100": {**script.summarize(runs, "snli")["100"]}},
     }
     markdown = script.render(report)
-    assert "(no test: no spread over the seeds)" in markdown
+    assert "+1.00 ± 0.00, no test (no spread over the seeds) |" in markdown
+    assert "+2.00 ± 0.58, p 0.074, Holm 0.148 |" in markdown
     assert "## 100 training pairs (seeds 0, 1, 2)" in markdown
 
 

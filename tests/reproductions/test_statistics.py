@@ -89,3 +89,28 @@ def test_scores_by_column_leaves_out_the_runs_without_a_column():
         "b": {"0": 0.25},
         "c": {},
     }
+
+
+def test_difference_text_writes_mean_se_p_holm_and_the_star():
+    from cfkeras.reproductions.statistics import difference_text
+
+    d = paired_differences(
+        {"a": {0: 0.52, 1: 0.53, 2: 0.57}, "b": {0: 0.50, 1: 0.50, 2: 0.51}},
+        {"a": {0: 0.50, 1: 0.52, 2: 0.54}, "b": {0: 0.50, 1: 0.52, 2: 0.54}},
+        primary=["a"],
+    )
+    # a: +2, +1, +3 points; mean 2, se 1/sqrt(3); one primary column: Holm = p.
+    assert difference_text(d["a"]) == f"+2.00 ± 0.58, p {d['a']['p']:.3f}, Holm {d['a']['p']:.3f}"
+    assert difference_text(d["a"], digits=1).startswith("+2.0 ± 0.6, p ")
+    # b: 0, -2, -3 points, not primary: the raw p, no Holm.
+    assert difference_text(d["b"]) == f"-1.67 ± 0.88, p {d['b']['p']:.3f}"
+    # The star: p (or Holm's p) below the level.
+    assert difference_text({"mean": 3.0, "se": 0.1, "p": 0.001, "p_holm": 0.003}).endswith(
+        ", Holm 0.003 *"
+    )
+    assert not difference_text({"mean": 3.0, "se": 0.1, "p": 0.001, "p_holm": 0.06}).endswith("*")
+    assert difference_text({"mean": 3.0, "se": 0.1, "p": 0.01}).endswith("p 0.010 *")
+    assert difference_text({"mean": 1.0, "se": None, "p": None}) == "+1.00, no test (one seed)"
+    assert difference_text({"mean": 1.0, "se": 0.0, "p": None}) == (
+        "+1.00 ± 0.00, no test (no spread over the seeds)"
+    )
