@@ -447,10 +447,10 @@ def summarize(runs, dataset):
         )
         chosen = {}
         for row, by_setting in by_row.items():
-            complete = {s: r for s, r in by_setting.items() if all(str(k) in r for k in seeds)}
+            complete = {s: r for s, r in by_setting.items() if all(k in r for k in seeds)}
             if complete:
                 mean_val = {
-                    s: np.mean([r[str(k)]["scores"]["validation"] for k in seeds])
+                    s: np.mean([r[k]["scores"]["validation"] for k in seeds])
                     for s, r in complete.items()
                 }
                 chosen[row] = max(mean_val, key=mean_val.get)
@@ -459,11 +459,11 @@ def summarize(runs, dataset):
             runs_row = by_row[row][setting]
             cells[row] = {
                 "setting": setting,
-                "best_epochs": [runs_row[str(k)]["best_epoch"] for k in seeds],
+                "best_epochs": [runs_row[k]["best_epoch"] for k in seeds],
                 "seeds": [int(k) for k in seeds],
             }
             for column in COLUMNS[dataset]:
-                values = np.array([100 * runs_row[str(k)]["scores"][column] for k in seeds])
+                values = np.array([100 * runs_row[k]["scores"][column] for k in seeds])
                 cells[row][column] = {
                     "mean": float(values.mean()),
                     "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,

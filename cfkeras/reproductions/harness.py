@@ -52,9 +52,11 @@ def is_late(best_epoch, epochs):
 
 
 def late_majority(best_epochs, epochs):
-    """Whether most runs of `epochs` epochs had their best epoch late
-    (`is_late`): the reports' "not converged" rule."""
-    n_late = sum(is_late(b, epochs) for b in best_epochs)
+    """Whether most runs had their best epoch late (`is_late`): the reports'
+    "not converged" rule. `epochs`: the epochs every run ran, or one number
+    per run (a run stopped early ran fewer)."""
+    ran = epochs if isinstance(epochs, (list, tuple)) else [epochs] * len(best_epochs)
+    n_late = sum(is_late(b, n) for b, n in zip(best_epochs, ran, strict=True))
     return bool(best_epochs) and n_late > len(best_epochs) / 2
 
 
@@ -450,14 +452,13 @@ class Table:
             best = [int(r["best_epoch"]) for r in by_seed.values()]
             ran = [int(r.get("epochs_run", epochs)) for r in by_seed.values()]
             late_runs = [s for s, b, n in zip(by_seed, best, ran) if is_late(b, n)]
-            n_late = len(late_runs)
             out[row] = {
                 "best_epochs": best,
                 "epochs_run": ran,
-                "late_seeds": n_late,
+                "late_seeds": len(late_runs),
                 "late_runs": late_runs,
                 "late_from_epoch": first_late_epoch(epochs),
-                "converged": not (best and n_late > len(best) / 2),
+                "converged": not late_majority(best, ran),
             }
         return out
 

@@ -142,7 +142,10 @@ def test_cat_few_shot_runs_the_rate_grid_on_the_tuning_seeds_only(tmp_path, monk
     assert summary["cat"]["test_original"]["diff_mean"] == pytest.approx(10.0)
     # The same 10 points on every seed: no spread, so no test (not p = 0).
     assert summary["cat"]["test_original"]["diff_p"] is None
-    assert "[+10.0 ± 0.0, no test (no spread over the seeds)]" in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
+    assert (
+        "[+10.0 ± 0.0, no test (no spread over the seeds)]"
+        in (tmp_path / "cat_few_shot_snli_cached.md").read_text()
+    )
 
     # --replot recomputes the summary from the runs, trains nothing.
     runs = report["runs"]["10"]["cat"]["2e-05"]

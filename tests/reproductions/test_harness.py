@@ -300,3 +300,6 @@ def test_late_epochs_are_the_last_tenth_and_at_least_the_last_one():
     assert harness.is_late(91, 100) and not harness.is_late(90, 100)
     assert harness.late_majority([8, 8, 3], 8) and not harness.late_majority([8, 2, 3], 8)
     assert not harness.late_majority([], 8)
+    # One number of epochs per run: a run stopped early at 8 of 40 is late at 8.
+    assert harness.late_majority([8, 40, 3], [8, 40, 40])
+    assert not harness.late_majority([8, 8, 3], [40, 40, 8])
