@@ -91,7 +91,7 @@ Estimates, on such a shared core:
 | upper, IMDb, 100 pairs (defaults) | 20 | 90 min |
 | upper, SNLI, 100 pairs (defaults) | 20 | 85 min (+3 min caching) |
 | upper, IMDb, all 1,707 pairs, 4 epochs, one rate | 10 | 77 min (measured) |
-| upper, SNLI, all 6,664 pairs, 6 epochs, one rate | 10 | 3.5 h (measured): two commands |
+| upper, SNLI, all 6,664 pairs, 6 epochs, one rate | 10 | 3.5 h (from measured runs): two commands |
 | full, IMDb, 100 pairs (defaults) | 10 | 90 min |
 | full, SNLI, 100 pairs (defaults) | 10 | 85 min |
 
@@ -110,7 +110,7 @@ Usage (IMDb's OOD sets from `--ood-dir`; `<rate>`: the learning rate the
 The measured rows ran beside another job. SNLI with all pairs: 833 steps
 of 8 pairs an epoch at about 0.2 s, about 20 min a run at 6 epochs (at 3
 epochs validation was still rising: 57.5, 60.5, 60.7 %; at 6 the control's
-best epoch was 5), so two commands of ~2 h and ~1.4 h (the second adds
+best epoch was 5 for seeds 0-2, GS's 5, 6, 6), so two commands of ~2 h and ~1.4 h (the second adds
 seeds 3-4 to the first's finished report, `--extend`); an interrupted one
 resumes with the same command:
 
