@@ -162,6 +162,8 @@ def collect(results):
     expected = {name for name, _, _ in ENCODERS}
     tagged = []  # other runs of the same command, e.g. `--epochs 16 --tag epochs16`
     for path in sorted(results.glob("gs_encoder_*_*_*.json")):
+        if path.name.endswith(".partial.json"):
+            continue  # a running or cut command's runs so far: not a report
         for name, dataset, setting in ENCODERS:
             stem = name.removesuffix(".json")
             if path.name not in expected and path.name.startswith(stem + "_"):

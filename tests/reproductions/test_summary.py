@@ -78,6 +78,10 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     longer["summary"]["100"]["control"] = {"best_epochs": [8, 8, 3]}
     longer["summary"]["100"]["gs"] = {"best_epochs": [8, 2, 3]}
     (tmp_path / "gs_encoder_upper_snli_epochs16.json").write_text(json.dumps(longer))
+    # A running (or cut) command's partial file beside them is not a report:
+    # its summary may lack a difference (one row of a seed so far).
+    partial = {"command": longer["command"], "summary": {"all": {"control": {}}}}
+    (tmp_path / "gs_encoder_upper_snli_all_epochs6.partial.json").write_text(json.dumps(partial))
     out = tmp_path / "out" / "evidence_summary"
     report = summary.main(["--results", str(tmp_path), "--out", str(out)])
 
@@ -103,6 +107,7 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     assert [e["converged"] for e in imdb_entries] == [False, False]
     assert [e["converged"] for e in digit_entries] == [None, None]
     assert "gs_encoder_upper_snli_epochs16.json" not in report["missing"]
+    assert not [e for e in report["entries"] if "partial" in e["source"]]
     assert "gs_encoder_full_imdb.json" in report["missing"]
     assert "gs_encoder_upper_imdb_all.json" in report["missing"]
     assert report["verdict"] == {
