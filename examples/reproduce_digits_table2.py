@@ -87,7 +87,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _reproduction import Table, replot  # noqa: E402  (the examples' shared helpers)
 
 from cfkeras.reproductions import statistics  # noqa: E402
-from cfkeras.reproductions.harness import LATE_SHARE, is_late  # noqa: E402
+from cfkeras.reproductions.harness import LATE_SHARE, is_late, partial_path  # noqa: E402
 
 ROWS = ("chance", "original", "augmentation", "gs_sum", "gs_per_label", "gs_random")
 GS_ROWS = ("gs_sum", "gs_per_label", "gs_random")
@@ -687,7 +687,7 @@ def main(argv=None):
     stem = "digits_table2" + (f"_{args.tag}" if args.tag else "")
     if args.replot:
         return replot(out / f"{stem}.json", TABLE, render_report)
-    partial = out / f"{stem}.partial.json"
+    partial = partial_path(out, stem)
     done = json.loads(partial.read_text()) if partial.exists() else {}
     tuning = done.get("tuning", {})
     runs = done.get("runs", {})

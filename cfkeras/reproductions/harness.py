@@ -37,6 +37,14 @@ RESUMABLE_CHANGES = (
 LATE_SHARE = 0.1
 # The program of the reports' "command" (the console entry point sets it).
 PROGRAM = None
+# The ending of a grid's file of finished runs while it runs (or was cut).
+PARTIAL_SUFFIX = ".partial.json"
+
+
+def partial_path(out, stem):
+    """`<out>/<stem>.partial.json`: the finished runs of a grid still running
+    or cut short, from which the same command resumes (not a report)."""
+    return Path(out) / f"{stem}{PARTIAL_SUFFIX}"
 
 
 def first_late_epoch(epochs):
@@ -95,7 +103,7 @@ def run_nested(out, stem, grid, make_report, render, extend=False):
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    partial = out / f"{stem}.partial.json"
+    partial = partial_path(out, stem)
     finished = out / f"{stem}.json"
     if partial.is_file():
         previous = json.loads(partial.read_text())
@@ -308,7 +316,7 @@ class Table:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stem = name + (f"_{args.tag}" if args.tag else "")
-        partial = out / f"{stem}.partial.json"
+        partial = partial_path(out, stem)
         rates = getattr(args, "learning_rates", None)
         if rates:
             keys = [grid_key(row, rate) for row in args.rows for rate in rates]

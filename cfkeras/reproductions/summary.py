@@ -162,7 +162,7 @@ def collect(results):
     expected = {name for name, _, _ in ENCODERS}
     tagged = []  # other runs of the same command, e.g. `--epochs 16 --tag epochs16`
     for path in sorted(results.glob("gs_encoder_*_*_*.json")):
-        if path.name.endswith(".partial.json"):
+        if path.name.endswith(harness.PARTIAL_SUFFIX):
             continue  # a running or cut command's runs so far: not a report
         for name, dataset, setting in ENCODERS:
             stem = name.removesuffix(".json")
