@@ -160,15 +160,19 @@ def collect(results):
             )
 
     expected = {name for name, _, _ in ENCODERS}
+    # Longest stem first: `gs_encoder_upper_snli_all_epochs6.json` is the
+    # all-pairs report tagged `epochs6`, not the 100-pair one tagged `all_epochs6`.
+    by_stem = sorted(ENCODERS, key=lambda encoder: -len(encoder[0]))
     tagged = []  # other runs of the same command, e.g. `--epochs 16 --tag epochs16`
     for path in sorted(results.glob("gs_encoder_*_*_*.json")):
-        if path.name.endswith(harness.PARTIAL_SUFFIX):
-            continue  # a running or cut command's runs so far: not a report
-        for name, dataset, setting in ENCODERS:
+        if path.name.endswith(harness.PARTIAL_SUFFIX) or path.name in expected:
+            continue  # a partial file is a running or cut command's runs so far
+        for name, dataset, setting in by_stem:
             stem = name.removesuffix(".json")
-            if path.name not in expected and path.name.startswith(stem + "_"):
+            if path.name.startswith(stem + "_"):
                 tag = path.stem[len(stem) + 1 :]
                 tagged.append((path.name, dataset, f"{setting}, {tag}"))
+                break
     for name, dataset, setting in (*ENCODERS, *tagged):
         report = load(name)
         if report is None:

@@ -78,6 +78,11 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     longer["summary"]["100"]["control"] = {"best_epochs": [8, 8, 3]}
     longer["summary"]["100"]["gs"] = {"best_epochs": [8, 2, 3]}
     (tmp_path / "gs_encoder_upper_snli_epochs16.json").write_text(json.dumps(longer))
+    # A tagged report of all pairs (`--pairs all --tag epochs6`) is read once,
+    # under the all-pairs stem, not also as the 100-pair stem's `all_epochs6`.
+    all_pairs = json.loads(json.dumps(upper))
+    all_pairs["summary"] = {"all": all_pairs["summary"].pop("100")}
+    (tmp_path / "gs_encoder_upper_snli_all_epochs6.json").write_text(json.dumps(all_pairs))
     # A running (or cut) command's partial file beside them is not a report:
     # its summary may lack a difference (one row of a seed so far).
     partial = {"command": longer["command"], "summary": {"all": {"control": {}}}}
@@ -107,11 +112,19 @@ def test_summary_reads_each_report_and_computes_the_intervals(tmp_path):
     assert [e["converged"] for e in imdb_entries] == [False, False]
     assert [e["converged"] for e in digit_entries] == [None, None]
     assert "gs_encoder_upper_snli_epochs16.json" not in report["missing"]
+    all_entries = [
+        e for e in report["entries"] if e["source"] == "gs_encoder_upper_snli_all_epochs6.json"
+    ]
+    assert [e["setting"] for e in all_entries] == [
+        "MiniLM layers 4–5 + MLP head fine-tuned, epochs6, all pairs"
+    ]
+    files = [s["file"] for s in report["sources"]]
+    assert files.count("gs_encoder_upper_snli_all_epochs6.json") == 1
     assert not [e for e in report["entries"] if "partial" in e["source"]]
     assert "gs_encoder_full_imdb.json" in report["missing"]
     assert "gs_encoder_upper_imdb_all.json" in report["missing"]
     assert report["verdict"] == {
-        "differences": 6,
+        "differences": 7,
         "significant_gain": 1,
         "significant_loss": 0,
         "significant_not_converged": 1,
