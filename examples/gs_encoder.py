@@ -109,20 +109,29 @@ Usage (IMDb's OOD sets from `--ood-dir`; `<rate>`: the learning rate the
 
 The measured rows ran beside another job. SNLI with all pairs: 833 steps
 of 8 pairs an epoch at about 0.2 s, about 20 min a run at 6 epochs (at 3
-epochs validation was still rising: 57.5, 60.5, 60.7 %; at 6 the control's
-best epoch was 5 for seeds 0-2, GS's 5, 6, 6), so two commands of ~2 h and ~1.4 h (the second adds
-seeds 3-4 to the first's finished report, `--extend`); an interrupted one
-resumes with the same command:
+epochs validation was still rising: 57.5, 60.5, 60.7 %), so two commands of
+~2 h and ~1.4 h (the second adds seeds 3-4 to the first's finished report,
+`--extend`); an interrupted one resumes with the same command:
 
   python examples/gs_encoder.py --mode upper --dataset snli --pairs all --epochs 6 \
       --learning-rates <rate> --tag all_epochs6 --seeds 0 1 2
   python examples/gs_encoder.py --mode upper --dataset snli --pairs all --epochs 6 \
       --learning-rates <rate> --tag all_epochs6 --seeds 3 4 --extend
 
+At 6 epochs the GS row is not converged (best epochs 5, 6, 6, 5, 6; the
+control's 5, 5, 5, 6, 5): the next run is `--epochs 9 --tag all_epochs9`
+(results/README.md, "the next runs").
+
 With 100 SNLI pairs the defaults' 8 epochs are too few: at 1e-4 the
 control passed our convergence rule at 16 epochs, GS at 24, both at 32
 (`--epochs 32`; results/README.md, "GS vs augmentation, MiniLM
-fine-tuned").
+fine-tuned"). The `full` mode's defaults (6 epochs, 5e-5) are too short
+by the same evidence: at 1e-4 and 24 epochs on 100 SNLI pairs its best
+epochs were 22 and 11 (control) and 18 and 18 (GS) for seeds 0-1, a run
+17-29 min of training on a host about twice as slow as the one measured
+above. Until its runs finish, run it with `--epochs 24 --learning-rates
+1e-4 --tag epochs24` (SNLI) or `--epochs 12 --learning-rates 1e-4 --tag
+epochs12` (IMDb), as in results/README.md, "the next runs".
 """
 
 import argparse
