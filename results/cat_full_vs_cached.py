@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from cfkeras.reproductions.statistics import paired_differences, scores_by_column
 
 dataset = sys.argv[1]
 per_class = sys.argv[2] if len(sys.argv) > 2 else "10"
@@ -20,12 +20,10 @@ cached = json.loads(Path(f"results/cat_few_shot_{dataset}_cached.json").read_tex
 for method, rates in full.items():
     ((full_rate, f),) = rates.items()  # one rate in the full mode
     cached_rate, c = max(cached[method].items(), key=lambda item: len(item[1]))
-    seeds = sorted(set(f) & set(c), key=int)
-    columns = list(f[seeds[0]]["scores"])
-    cells = []
-    for column in columns:
-        d = np.array([100 * (f[s]["scores"][column] - c[s]["scores"][column]) for s in seeds])
-        cells.append(f"{column} {d.mean():+.1f} ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}")
+    columns = list(next(iter(f.values()))["scores"])
+    differences = paired_differences(scores_by_column(f, columns), scores_by_column(c, columns))
+    seeds = sorted(differences[columns[0]]["by_seed"], key=int)
+    cells = [f"{k} {d['mean']:+.1f} ± {d['se']:.1f}" for k, d in differences.items()]
     print(
         f"{method} (full {full_rate}, cached {cached_rate}; seeds {', '.join(seeds)}): "
         + "; ".join(cells)
